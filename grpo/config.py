@@ -1,0 +1,295 @@
+"""Typed run configuration: YAML first, ``--key value`` CLI overrides, validation with one clear message.
+
+Field names follow TRL's ``GRPOConfig`` where the concept is the same, so a TRL or open-r1 user reads our
+recipes without a dictionary. ``load_config(argv)`` is the only entry point ``train.py`` needs; every
+problem it finds raises :class:`ConfigError` whose message is one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line that names the problem and how to fix it."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class GRPOConfig:
+    """Everything a run needs. Each field's ``help`` is its documentation (``python train.py --help``)."""
+
+    # --- model and task
+    model_name_or_path: str = _f("models/tiny-base", "Local path or hub name of the base model to train.")
+    task: str = _f("arithmetic", "Registered task name (grpo.data): where prompts and gold answers come from.")
+    task_kwargs: dict = _f({}, "Task-specific options, e.g. {max_terms: 8, num_eval: 256} for arithmetic.")
+    rewards: dict = _f(
+        {"accuracy": 1.0, "format": 0.1},
+        "Reward functions and weights: {name: weight} or {name: {weight: w, kwargs: {...}}}; names are "
+        "registered rewards or 'package.module:function'.",
+    )
+    # --- output
+    output_dir: str = _f("runs/default", "Where metrics.jsonl, run_info.json, config.yaml and the final model go.")
+    seed: int = _f(42, "Seed for data order, sampling and everything else random.")
+    # --- batch shape
+    max_steps: int = _f(100, "Number of GRPO steps (each: one rollout batch, then num_iterations updates).")
+    num_generations: int = _f(8, "G: completions sampled per prompt (the group for advantages).")
+    per_device_train_batch_size: int = _f(128, "Completions per micro-batch per process; x gradient_accumulation_steps must be divisible by num_generations.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step; the rollout batch per process is per_device_train_batch_size x this.")
+    max_completion_length: int = _f(80, "Most tokens a completion may have; longer ones are cut (truncated).")
+    # --- sampling
+    temperature: float = _f(1.0, "Sampling temperature for rollouts (log-probs use the same temperature).")
+    top_p: float = _f(1.0, "Nucleus sampling for rollouts; 1.0 = off.")
+    top_k: int = _f(0, "Top-k sampling for rollouts; 0 = off.")
+    # --- algorithm
+    learning_rate: float = _f(1e-6, "AdamW peak learning rate.")
+    lr_scheduler_type: str = _f("constant", "transformers scheduler name: constant, linear, cosine, constant_with_warmup...")
+    warmup_steps: int = _f(0, "Linear warmup steps for the scheduler.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.99, "AdamW beta2.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 turns clipping off.")
+    beta: float = _f(0.0, "Weight of the k3 KL penalty to the frozen reference model; 0 loads no reference model.")
+    epsilon: float = _f(0.2, "Lower clip range: ratio >= 1 - epsilon.")
+    epsilon_high: float | None = _f(None, "Upper clip range: ratio <= 1 + epsilon_high (DAPO clip-higher: 0.28); default = epsilon.")
+    loss_type: str = _f("dapo", "Loss aggregation: grpo, bnpo, dr_grpo or dapo (see grpo/core.py).")
+    scale_rewards: str = _f("group", "Advantage scaling: group (GRPO), batch, or none (Dr. GRPO).")
+    advantage_estimator: str = _f("grpo", "Advantage estimator: grpo (group mean baseline) or rloo (leave-one-out).")
+    importance_sampling_level: str = _f("token", "token (GRPO) or sequence (GSPO) importance ratios.")
+    num_iterations: int = _f(1, "mu: policy updates per rollout batch (1 = on-policy; ratio is then exactly 1).")
+    # --- evaluation, logging, saving
+    eval_steps: int = _f(10, "Evaluate on the held-out set every N steps (and before the first and after the last); 0 = never.")
+    eval_batch_size: int = _f(128, "Prompts per generate call during evaluation.")
+    eval_max_completion_length: int | None = _f(None, "Max new tokens during evaluation; default = max_completion_length.")
+    logging_steps: int = _f(1, "Print a console line every N steps (metrics.jsonl gets every step).")
+    save_final_model: bool = _f(True, "save_pretrained the trained model and tokenizer to output_dir/final at the end.")
+    cpu_threads: int | None = _f(None, "torch threads per process on CPU; None = torch's default. Tiny models run faster on 1.")
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    """``int | None`` -> (int, True); ``int`` -> (int, False)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
+
+
+_HINTS = typing.get_type_hints(GRPOConfig)
+_TYPES = {name: _strip_optional(tp) for name, tp in _HINTS.items()}
+
+
+def _coerce(key: str, value: Any, from_cli: bool) -> Any:
+    """Convert ``value`` to the field's type; raise ConfigError with the expected type if it cannot be."""
+    tp, optional = _TYPES[key]
+    if value is None or (from_cli and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' cannot be empty; give a {tp.__name__}")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            if isinstance(value, str) and not from_cli:
+                raise ValueError
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool) or (isinstance(value, str) and not from_cli):
+                # YAML 1.1 reads "1e-4" (no dot) as a string: accept it, it is what users write.
+                if isinstance(value, str):
+                    return float(value)
+                raise ValueError
+            return float(value)
+        if tp is dict:
+            if isinstance(value, str) and from_cli:
+                value = yaml.safe_load(value)
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+        if tp is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (ValueError, TypeError, yaml.YAMLError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"config key '{key}' must be {'an' if tp is int else 'a'} {tp.__name__}, got {value!r}")
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(_TYPES), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see `python train.py --help` for the keys"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def parse_cli(argv: list[str]) -> tuple[str | None, dict[str, str]]:
+    """Split ``--config PATH`` and ``--key value`` / ``--key=value`` pairs. Returns (config path, overrides)."""
+    config_path, overrides, i = None, {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}; options look like --key value")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError(f"option --{key} needs a value, e.g. --{key} VALUE")
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if key == "config":
+            config_path = value
+        else:
+            overrides[key] = value
+    return config_path, overrides
+
+
+def load_config(argv: list[str] | None = None) -> GRPOConfig:
+    """Build and validate the config: defaults < YAML file (``--config``, else configs/default.yaml) < CLI.
+
+    Raises:
+        ConfigError: unknown or mistyped key, missing file, inconsistent batch shape... one line each.
+    """
+    config_path, overrides = parse_cli(list(argv or []))
+    path = Path(config_path) if config_path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; pass an existing YAML file with --config (see configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a mapping of key: value")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _TYPES:
+            raise _unknown_key(key)
+        values[key] = _coerce(key, value, from_cli=False)
+    for key, value in overrides.items():
+        if key not in _TYPES:
+            raise _unknown_key(key)
+        values[key] = _coerce(key, value, from_cli=True)
+    cfg = GRPOConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: GRPOConfig) -> None:
+    """Check values and their consistency before anything heavy is loaded. Raises ConfigError."""
+    positive = ["max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "max_completion_length", "num_iterations", "eval_batch_size", "logging_steps"]
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    for key in ["eval_steps", "warmup_steps", "beta", "weight_decay", "max_grad_norm", "epsilon", "top_k"]:
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(cfg, key)}")
+    if cfg.temperature <= 0:
+        raise ConfigError(f"temperature must be > 0 for sampling, got {cfg.temperature}")
+    if cfg.learning_rate <= 0:
+        raise ConfigError(f"learning_rate must be > 0, got {cfg.learning_rate}")
+    if cfg.num_generations < 2:
+        raise ConfigError("num_generations must be >= 2: group advantages compare samples of the same prompt")
+    rollout = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    if rollout % cfg.num_generations:
+        raise ConfigError(
+            f"per_device_train_batch_size x gradient_accumulation_steps = {rollout} is not divisible by "
+            f"num_generations = {cfg.num_generations}; each prompt's {cfg.num_generations} completions must stay "
+            f"together (e.g. per_device_train_batch_size {cfg.num_generations * max(1, rollout // cfg.num_generations)})"
+        )
+    choices = {
+        "loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
+        "scale_rewards": ("group", "batch", "none"),
+        "advantage_estimator": ("grpo", "rloo"),
+        "importance_sampling_level": ("token", "sequence"),
+    }
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
+    if not cfg.rewards:
+        raise ConfigError("config key 'rewards' is empty; give at least one reward, e.g. {accuracy: 1.0}")
+    for name, spec in cfg.rewards.items():
+        if isinstance(spec, dict):
+            bad = set(spec) - {"weight", "kwargs"}
+            if bad:
+                raise ConfigError(f"reward '{name}': unknown keys {sorted(bad)}; use {{weight: w, kwargs: {{...}}}}")
+            spec = spec.get("weight", 1.0)
+        if isinstance(spec, bool) or not isinstance(spec, (int, float)):
+            raise ConfigError(f"reward '{name}' weight must be a number, got {spec!r}")
+    _check_names(cfg)
+    _check_output_dir(cfg.output_dir)
+
+
+def _check_names(cfg: GRPOConfig) -> None:
+    """Rewards and the task resolve by name now (cheap imports), not after the model has loaded."""
+    import rewards
+    from grpo.data import get_task
+
+    for name in cfg.rewards:
+        try:
+            rewards.get(name)
+        except KeyError as e:
+            raise ConfigError(e.args[0]) from None
+    try:
+        get_task(cfg.task, **cfg.task_kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"task '{cfg.task}': {e}") from None
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """The output dir must be creatable and writable: fail now, not after an hour of training."""
+    path = Path(output_dir)
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise ConfigError(f"output_dir {output_dir} cannot be written ({probe} is not a writable folder); choose another --output_dir")
+
+
+def resolve_model_path(name: str) -> str:
+    """A local path as given, else relative to the project root (so the bundled model works from any cwd), else a hub name."""
+    if Path(name).exists():
+        return name
+    if (PROJECT_ROOT / name).exists():
+        return str(PROJECT_ROOT / name)
+    return name
+
+
+def to_dict(cfg: GRPOConfig) -> dict:
+    """The resolved config as a plain dict (written to output_dir/config.yaml)."""
+    return dataclasses.asdict(cfg)
+
+
+def help_text() -> str:
+    """``--help``: every key with its default and documentation."""
+    lines = ["usage: train.py [--config FILE.yaml] [--key value ...]", "", "keys (default):"]
+    for f in dataclasses.fields(GRPOConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"  --{f.name} ({default!r})\n      {f.metadata['help']}")
+    return "\n".join(lines)

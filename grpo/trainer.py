@@ -1,0 +1,272 @@
+"""The GRPO loop: rollout -> rewards -> advantages -> policy updates -> metrics -> eval.
+
+Everything runs through ``accelerate`` so one code path serves CPU, one GPU, DDP, DeepSpeed and FSDP.
+Each process samples its own prompts and keeps a prompt's G completions together, so group advantages
+need no communication; only metrics (and the batch std for ``scale_rewards: batch``) cross ranks.
+
+Notation: B prompts per process, G = num_generations, N = B x G sequences, P prompt tokens, T completion
+tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import Tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+import rewards as reward_registry
+from grpo import core
+from grpo.config import GRPOConfig, resolve_model_path
+from grpo.data import get_task
+from grpo.logging import MetricsLogger
+from grpo.rollout import HFGenerateBackend, RolloutBatch
+
+
+@dataclass
+class RewardSpec:
+    """One reward function from the config with its weight and extra kwargs."""
+
+    name: str
+    fn: object
+    weight: float
+    kwargs: dict
+
+
+def build_rewards(spec: dict) -> list[RewardSpec]:
+    """Resolve ``{name: weight}`` / ``{name: {weight, kwargs}}`` into callables (unknown names list the known)."""
+    out = []
+    for name, value in spec.items():
+        weight, kwargs = (value.get("weight", 1.0), value.get("kwargs", {})) if isinstance(value, dict) else (value, {})
+        out.append(RewardSpec(name, reward_registry.get(name), float(weight), dict(kwargs)))
+    return out
+
+
+def score(reward_specs: list[RewardSpec], completions: list[str], rows: list[dict], prompts: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of rewards. N completions -> total (N,) and per-reward (N,) with NaN where ``None``."""
+    columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+    columns.pop("prompt", None)
+    total = torch.zeros(len(completions))
+    per_reward: dict[str, Tensor] = {}
+    for spec in reward_specs:
+        values = spec.fn(completions=completions, prompts=prompts, **columns, **spec.kwargs)
+        if len(values) != len(completions):
+            raise RuntimeError(f"reward '{spec.name}' returned {len(values)} values for {len(completions)} completions")
+        vec = torch.tensor([math.nan if v is None else float(v) for v in values])
+        per_reward[spec.name] = vec
+        total += spec.weight * torch.nan_to_num(vec, nan=0.0)  # None contributes 0 to the sum
+    return total, per_reward
+
+
+class Trainer:
+    """GRPO on a causal LM with rule rewards. Build with a validated :class:`GRPOConfig`, then ``train()``."""
+
+    def __init__(self, cfg: GRPOConfig):
+        self.cfg = cfg
+        # accelerate wants mpirun for multi-process CPU unless told cpu=True; with cpu=True,
+        # `accelerate launch --multi_gpu --num_processes 2` (or torchrun) runs 2 gloo ranks on a CPU machine.
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                       gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+        acc = self.accelerator
+        if cfg.cpu_threads and acc.device.type == "cpu":
+            torch.set_num_threads(cfg.cpu_threads)
+        set_seed(cfg.seed, device_specific=True)  # each rank samples differently, reproducibly
+        self.rewards = build_rewards(cfg.rewards)
+        self.task = get_task(cfg.task, **cfg.task_kwargs)
+        self.stream = self.task.train_stream(cfg.seed * 1000 + acc.process_index)
+        self.prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations
+
+        path = resolve_model_path(cfg.model_name_or_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path)
+        self.ref_model = None
+        if cfg.beta > 0:  # frozen reference for the KL term; not loaded at all when beta == 0
+            self.ref_model = AutoModelForCausalLM.from_pretrained(path).to(acc.device).eval()
+            self.ref_model.requires_grad_(False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2))
+        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                  num_training_steps=cfg.max_steps * cfg.num_iterations)
+        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.backend = HFGenerateBackend(self.tokenizer, cfg.max_completion_length, cfg.temperature, cfg.top_p, cfg.top_k)
+        self.logger = MetricsLogger(cfg, acc)
+
+    # --- log-probs ---------------------------------------------------------------------------------------
+
+    def completion_logprobs(self, model: torch.nn.Module, batch: RolloutBatch, idx: slice,
+                            with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Log-probs of the sampled completion tokens for rows ``idx``. -> (n, T) and entropy (n, T) or None.
+
+        Only the T completion positions get logits (``logits_to_keep``), and log-softmax runs in chunks.
+        """
+        prompt_ids, completion_ids = batch.prompt_ids[idx], batch.completion_ids[idx]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (n, P + T)
+        attention = torch.cat([batch.prompt_mask[idx], batch.completion_mask[idx]], dim=1)
+        position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
+        T = completion_ids.size(1)
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                       logits_to_keep=T + 1).logits[:, :-1]  # (n, T, V): position t predicts token t
+        logits = logits / self.cfg.temperature  # score under the distribution that sampled them
+        logprobs = core.selective_log_softmax(logits, completion_ids)
+        entropy = core.entropy_from_logits(logits.detach()) if with_entropy else None
+        return logprobs, entropy
+
+    # --- one step ----------------------------------------------------------------------------------------
+
+    def rollout(self) -> tuple[RolloutBatch, list[dict]]:
+        """Sample B prompts and G completions each. -> batch of N and the N matching dataset rows."""
+        rows = self.stream.take(self.prompts_per_step)
+        model = self.accelerator.unwrap_model(self.model)
+        batch = self.backend.generate(model, [r["prompt"] for r in rows], self.cfg.num_generations)
+        return batch, [r for r in rows for _ in range(self.cfg.num_generations)]
+
+    def advantages(self, rewards: Tensor) -> Tensor:
+        """Advantages for this rank's N rewards. ``batch`` scaling uses the std over all ranks' rewards."""
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.scale_rewards == "batch" and acc.num_processes > 1:
+            all_rewards = acc.gather(rewards.to(acc.device)).cpu()
+            adv = core.compute_advantages(all_rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_estimator)
+            n = rewards.numel()
+            return adv[acc.process_index * n : (acc.process_index + 1) * n]
+        return core.compute_advantages(rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_estimator)
+
+    def update(self, batch: RolloutBatch, advantages: Tensor) -> dict[str, float]:
+        """``num_iterations`` optimizer steps over the rollout batch, each accumulated over micro-batches."""
+        cfg, acc = self.cfg, self.accelerator
+        N, mb = batch.completion_ids.size(0), cfg.per_device_train_batch_size
+        mask = batch.completion_mask.float()
+        advantages = advantages.to(acc.device)
+        # dapo divides by the active tokens of the whole global batch; DDP then averages ranks.
+        global_tokens = acc.reduce(mask.sum().to(acc.device), reduction="sum").item()
+        normalizer = global_tokens / acc.num_processes
+        slices = [slice(i, i + mb) for i in range(0, N, mb)]
+        old = ref = None
+        with torch.no_grad():
+            if cfg.num_iterations > 1:  # with one update the sampling policy *is* the current one: ratio = 1
+                old = torch.cat([self.completion_logprobs(self.model, batch, s)[0] for s in slices])
+            if self.ref_model is not None:
+                ref = torch.cat([self.completion_logprobs(self.ref_model, batch, s)[0] for s in slices])
+        sums: dict[str, float] = {}
+        entropies = []
+        self.model.train()
+        for it in range(cfg.num_iterations):
+            for s in slices:
+                with acc.accumulate(self.model):
+                    logprobs, entropy = self.completion_logprobs(self.model, batch, s, with_entropy=(it == 0))
+                    if entropy is not None:
+                        entropies.append(entropy)
+                    loss, metrics = core.policy_loss(
+                        logprobs, logprobs.detach() if old is None else old[s], advantages[s], mask[s],
+                        loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                        max_completion_length=cfg.max_completion_length,
+                        ref_logprobs=None if ref is None else ref[s], beta=cfg.beta,
+                        importance_sampling_level=cfg.importance_sampling_level, normalizer=normalizer)
+                    # Per-sequence losses average over micro-batches; dapo's global normaliser already sums.
+                    share = 1.0 if cfg.loss_type == "dapo" else (min(s.stop, N) - s.start) / N
+                    # accelerate divides by gradient_accumulation_steps in backward(); undo it, our share is exact.
+                    acc.backward(loss * share * cfg.gradient_accumulation_steps)
+                    if acc.sync_gradients:
+                        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+                        sums["grad_norm"] = sums.get("grad_norm", 0.0) + (float(grad_norm) if grad_norm is not None else 0.0)
+                    self.optimizer.step()
+                    self.scheduler.step() if acc.sync_gradients else None
+                    self.optimizer.zero_grad(set_to_none=True)
+                sums["loss"] = sums.get("loss", 0.0) + loss.item() * share / cfg.num_iterations
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v / (len(slices) * cfg.num_iterations)
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) / cfg.num_iterations
+        ent = torch.cat(entropies)
+        sums["entropy"] = core.masked_mean(ent, mask.to(ent.device)).item()
+        return sums
+
+    def step(self, step: int) -> dict[str, float]:
+        """One GRPO step; returns this step's metrics (gathered over ranks)."""
+        cfg, acc = self.cfg, self.accelerator
+        t0 = time.perf_counter()
+        batch, rows = self.rollout()
+        t1 = time.perf_counter()
+        rewards, per_reward = score(self.rewards, batch.completions, rows, batch.prompts)
+        t2 = time.perf_counter()
+        advantages = self.advantages(rewards)
+        # All advantages zero (every group agreed) and no KL: the gradient is exactly zero, but Adam's
+        # momentum would still move the weights, which damages small models. Skip the update instead.
+        any_signal = acc.reduce(advantages.abs().sum().to(acc.device), reduction="sum").item() > 0
+        if any_signal or cfg.beta > 0:
+            update_metrics = self.update(batch, advantages)
+        else:
+            update_metrics = {"loss": 0.0, "grad_norm": 0.0, "skipped_update": 1.0}
+        t3 = time.perf_counter()
+        m = self.logger.rollout_metrics(batch, rewards, per_reward, cfg.num_generations)
+        m.update(update_metrics)
+        m.setdefault("skipped_update", 0.0)
+        m["learning_rate"] = self.scheduler.get_last_lr()[0]
+        m["time/rollout_s"], m["time/reward_s"], m["time/update_s"] = t1 - t0, t2 - t1, t3 - t2
+        m["time/step_s"] = t3 - t0
+        total_tokens = acc.reduce(batch.lengths.sum().to(acc.device), reduction="sum").item()
+        m["throughput/completion_tokens_per_s"] = total_tokens / max(t1 - t0, 1e-9)
+        return m
+
+    # --- evaluation --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy pass@1 on the held-out set, sharded over ranks. -> eval/accuracy, eval/mean_length, eval/format."""
+        cfg, acc = self.cfg, self.accelerator
+        rows = self.task.eval_rows[acc.process_index :: acc.num_processes]
+        model = self.accelerator.unwrap_model(self.model)
+        correct = fmt = length = 0.0
+        max_new = cfg.eval_max_completion_length or cfg.max_completion_length
+        for i in range(0, len(rows), cfg.eval_batch_size):
+            chunk = rows[i : i + cfg.eval_batch_size]
+            batch = self.backend.generate(model, [r["prompt"] for r in chunk], 1, greedy=True, max_new_tokens=max_new)
+            acc_vals = reward_registry.get("accuracy")(completions=batch.completions, answer=[r["answer"] for r in chunk])
+            fmt_vals = reward_registry.get("format")(completions=batch.completions)
+            correct += sum(v or 0.0 for v in acc_vals)
+            fmt += sum(fmt_vals)
+            length += batch.lengths.sum().item()
+        totals = acc.reduce(torch.tensor([correct, fmt, length, float(len(rows))], device=acc.device), reduction="sum")
+        c, f, l, n = totals.tolist()
+        n = max(n, 1.0)
+        return {"eval/accuracy": c / n, "eval/format": f / n, "eval/mean_length": l / n}
+
+    # --- the loop ----------------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Run ``max_steps`` steps with evals; save the final model. Returns a summary dict."""
+        cfg = self.cfg
+        self.logger.start()
+        first_eval = last_eval = None
+        if cfg.eval_steps:
+            first_eval = last_eval = self.evaluate()
+            self.logger.log(0, first_eval)
+        t_start = time.perf_counter()
+        for step in range(1, cfg.max_steps + 1):
+            metrics = self.step(step)
+            self.logger.log(step, metrics)
+            if cfg.eval_steps and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+                last_eval = self.evaluate()
+                self.logger.log(step, last_eval)
+        wall = time.perf_counter() - t_start
+        if cfg.save_final_model:
+            self.save_final()
+        summary = {"first_eval": first_eval, "last_eval": last_eval, "wall_s": wall, "steps": cfg.max_steps}
+        self.logger.finish(summary)
+        return summary
+
+    def save_final(self) -> None:
+        """``save_pretrained`` of the trained model and tokenizer to ``output_dir/final`` (main process)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        out = f"{self.cfg.output_dir}/final"
+        model = acc.unwrap_model(self.model)
+        model.save_pretrained(out, is_main_process=acc.is_main_process, save_function=acc.save,
+                              state_dict=acc.get_state_dict(self.model))
+        if acc.is_main_process:
+            self.tokenizer.save_pretrained(out)
