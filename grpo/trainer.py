@@ -10,57 +10,21 @@ tokens.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
-
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import Tensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import get_scheduler
 
-import rewards as reward_registry
 from grpo import core
-from grpo.config import GRPOConfig, resolve_model_path
+from grpo.config import GRPOConfig
+from grpo.evaluate import evaluate
+from grpo.model import load_policy, load_reference, load_tokenizer
 from grpo.data import get_task
 from grpo.logging import MetricsLogger
 from grpo.rollout import HFGenerateBackend, RolloutBatch
-
-
-@dataclass
-class RewardSpec:
-    """One reward function from the config with its weight and extra kwargs."""
-
-    name: str
-    fn: object
-    weight: float
-    kwargs: dict
-
-
-def build_rewards(spec: dict) -> list[RewardSpec]:
-    """Resolve ``{name: weight}`` / ``{name: {weight, kwargs}}`` into callables (unknown names list the known)."""
-    out = []
-    for name, value in spec.items():
-        weight, kwargs = (value.get("weight", 1.0), value.get("kwargs", {})) if isinstance(value, dict) else (value, {})
-        out.append(RewardSpec(name, reward_registry.get(name), float(weight), dict(kwargs)))
-    return out
-
-
-def score(reward_specs: list[RewardSpec], completions: list[str], rows: list[dict], prompts: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted sum of rewards. N completions -> total (N,) and per-reward (N,) with NaN where ``None``."""
-    columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
-    columns.pop("prompt", None)
-    total = torch.zeros(len(completions))
-    per_reward: dict[str, Tensor] = {}
-    for spec in reward_specs:
-        values = spec.fn(completions=completions, prompts=prompts, **columns, **spec.kwargs)
-        if len(values) != len(completions):
-            raise RuntimeError(f"reward '{spec.name}' returned {len(values)} values for {len(completions)} completions")
-        vec = torch.tensor([math.nan if v is None else float(v) for v in values])
-        per_reward[spec.name] = vec
-        total += spec.weight * torch.nan_to_num(vec, nan=0.0)  # None contributes 0 to the sum
-    return total, per_reward
+from rewards.combine import build_rewards, score
 
 
 class Trainer:
@@ -81,15 +45,9 @@ class Trainer:
         self.stream = self.task.train_stream(cfg.seed * 1000 + acc.process_index)
         self.prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations
 
-        path = resolve_model_path(cfg.model_name_or_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path)
-        self.ref_model = None
-        if cfg.beta > 0:  # frozen reference for the KL term; not loaded at all when beta == 0
-            self.ref_model = AutoModelForCausalLM.from_pretrained(path).to(acc.device).eval()
-            self.ref_model.requires_grad_(False)
+        self.tokenizer = load_tokenizer(cfg)
+        model = load_policy(cfg)
+        self.ref_model = load_reference(cfg, acc.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2))
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
@@ -215,26 +173,11 @@ class Trainer:
 
     # --- evaluation --------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Greedy pass@1 on the held-out set, sharded over ranks. -> eval/accuracy, eval/mean_length, eval/format."""
-        cfg, acc = self.cfg, self.accelerator
-        rows = self.task.eval_rows[acc.process_index :: acc.num_processes]
-        model = self.accelerator.unwrap_model(self.model)
-        correct = fmt = length = 0.0
-        max_new = cfg.eval_max_completion_length or cfg.max_completion_length
-        for i in range(0, len(rows), cfg.eval_batch_size):
-            chunk = rows[i : i + cfg.eval_batch_size]
-            batch = self.backend.generate(model, [r["prompt"] for r in chunk], 1, greedy=True, max_new_tokens=max_new)
-            acc_vals = reward_registry.get("accuracy")(completions=batch.completions, answer=[r["answer"] for r in chunk])
-            fmt_vals = reward_registry.get("format")(completions=batch.completions)
-            correct += sum(v or 0.0 for v in acc_vals)
-            fmt += sum(fmt_vals)
-            length += batch.lengths.sum().item()
-        totals = acc.reduce(torch.tensor([correct, fmt, length, float(len(rows))], device=acc.device), reduction="sum")
-        c, f, l, n = totals.tolist()
-        n = max(n, 1.0)
-        return {"eval/accuracy": c / n, "eval/format": f / n, "eval/mean_length": l / n}
+        """Greedy pass@1 on the task's held-out rows (all ranks take part)."""
+        cfg = self.cfg
+        return evaluate(self.accelerator.unwrap_model(self.model), self.backend, self.task.eval_rows, self.accelerator,
+                        cfg.eval_batch_size, cfg.eval_max_completion_length or cfg.max_completion_length)
 
     # --- the loop ----------------------------------------------------------------------------------------
 
