@@ -167,7 +167,10 @@ class Trainer:
         m["learning_rate"] = self.scheduler.get_last_lr()[0]
         m["time/rollout_s"], m["time/reward_s"], m["time/update_s"] = t1 - t0, t2 - t1, t3 - t2
         m["time/step_s"] = t3 - t0
-        total_tokens = acc.reduce(batch.lengths.sum().to(acc.device), reduction="sum").item()
+        counts = acc.reduce(torch.tensor([batch.lengths.sum().item(), len(batch.completions)], device=acc.device),
+                            reduction="sum").tolist()
+        total_tokens = counts[0]
+        m["completions/count"] = int(counts[1])  # over all ranks: shows every rank contributed
         m["throughput/completion_tokens_per_s"] = total_tokens / max(t1 - t0, 1e-9)
         return m
 

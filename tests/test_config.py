@@ -1,0 +1,115 @@
+"""Config loading, CLI overrides and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grpo.config import ConfigError, GRPOConfig, load_config, parse_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_config_is_the_tiny_task():
+    cfg = load_config([])
+    assert cfg.model_name_or_path == "models/tiny-base"
+    assert cfg.task == "arithmetic"
+    assert cfg.rewards == {"accuracy": 1.0, "format": 0.1}
+
+
+def test_cli_overrides_yaml_and_coerces_types(tmp_path):
+    cfg = load_config(["--config", str(ROOT / "configs/default.yaml"), "--max_steps", "7", "--learning_rate=3e-5",
+                       "--beta", "0.04", "--epsilon_high", "0.28", "--save_final_model", "false",
+                       "--task_kwargs", "{max_terms: 4}", "--output_dir", str(tmp_path / "o")])
+    assert cfg.max_steps == 7 and isinstance(cfg.max_steps, int)
+    assert cfg.learning_rate == pytest.approx(3e-5)
+    assert cfg.beta == pytest.approx(0.04) and cfg.epsilon_high == pytest.approx(0.28)
+    assert cfg.save_final_model is False
+    assert cfg.task_kwargs == {"max_terms": 4}
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    # YAML 1.1 reads "1e-4" as a string; users write it anyway.
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-4\n")
+    assert load_config(["--config", str(path)]).learning_rate == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--not_a_key", "1"], "unknown config key 'not_a_key'"),
+        (["--learning_rat", "1e-4"], "did you mean 'learning_rate'"),
+        (["--max_steps", "ten"], "'max_steps' must be an int"),
+        (["--max_steps", "1.5"], "'max_steps' must be an int"),
+        (["--per_device_train_batch_size", "12"], "not divisible by num_generations = 8"),
+        (["--num_generations", "1"], "num_generations must be >= 2"),
+        (["--loss_type", "ppo"], "must be one of grpo, bnpo, dr_grpo, dapo"),
+        (["--config", "nope/missing.yaml"], "config file not found: nope/missing.yaml"),
+        (["--rewards", "{accuracy: 1.0, acuracy: 1.0}"], "unknown reward 'acuracy'"),
+        (["--task", "arithmetik"], "unknown task 'arithmetik'"),
+        (["--max_steps"], "--max_steps needs a value"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_bad_input_names_the_problem(argv, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(argv)
+    msg = str(e.value)
+    assert fragment in msg
+    assert "\n" not in msg
+
+
+def test_unknown_yaml_key_with_suggestion(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("num_generation: 8\n")
+    with pytest.raises(ConfigError, match="did you mean 'num_generations'"):
+        load_config(["--config", str(path)])
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot be written"):
+        load_config(["--output_dir", str(blocker / "sub")])
+
+
+def test_parse_cli_splits_config_and_overrides():
+    path, overrides = parse_cli(["--config", "a.yaml", "--seed=3", "--beta", "0.1"])
+    assert path == "a.yaml" and overrides == {"seed": "3", "beta": "0.1"}
+
+
+def test_dataclass_defaults_validate():
+    from grpo.config import validate
+
+    validate(GRPOConfig(output_dir="/tmp/grpo-zero-test-default"))
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--not_a_key", "1"], "not_a_key"),
+        (["--config", "missing.yaml"], "config file not found"),
+        (["--per_device_train_batch_size", "10"], "not divisible by num_generations"),
+    ],
+)
+def test_cli_error_is_one_line_without_traceback_and_before_model_load(args, fragment):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 2
+    err_lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(err_lines) == 1, proc.stderr
+    assert err_lines[0].startswith("error: ") and fragment in err_lines[0]
+    assert "Traceback" not in proc.stderr
+    assert "Loading weights" not in proc.stdout + proc.stderr
+
+
+def test_help_lists_every_key():
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+    assert proc.returncode == 0
+    for key in ("--num_generations", "--loss_type", "--max_completion_length", "--beta"):
+        assert key in proc.stdout

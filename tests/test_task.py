@@ -1,0 +1,74 @@
+"""The synthetic arithmetic task: prompts, solutions, held-out eval set, resumable stream."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from grpo.data import (
+    arithmetic_prompt,
+    get_task,
+    make_arithmetic_row,
+    solution_direct,
+    solution_malformed,
+    solution_steps,
+)
+from rewards.accuracy import accuracy_reward
+from rewards.format import format_reward
+
+
+def test_prompt_and_solutions_text():
+    assert arithmetic_prompt([6, 2, 2, 7]) == "Q: 6+2+2+7=?\nA:"
+    assert solution_direct([6, 2, 2, 7]) == "<think></think><answer>17</answer>"
+    assert solution_steps([6, 2, 2, 7]) == "<think>6+2=8\n8+2=10\n10+7=17</think><answer>17</answer>"
+
+
+def test_solutions_score_as_expected():
+    nums = [9, 9, 8, 7]
+    good = [solution_direct(nums), solution_steps(nums)]
+    assert accuracy_reward(good, answer=["33", "33"]) == [1.0, 1.0]
+    assert format_reward(good) == [1.0, 1.0]
+    rng = random.Random(0)
+    bad = [solution_malformed(nums, rng) for _ in range(40)]
+    assert all(f == 0.0 for f in format_reward(bad))  # every malformed style breaks the format
+
+
+def test_rows_are_seeded_and_in_range():
+    a = [make_arithmetic_row(random.Random(5)) for _ in range(3)]
+    b = [make_arithmetic_row(random.Random(5)) for _ in range(3)]
+    assert a == b
+    rng = random.Random(1)
+    for _ in range(200):
+        row = make_arithmetic_row(rng, 2, 8, 9)
+        assert 2 <= len(row["nums"]) <= 8 and all(1 <= n <= 9 for n in row["nums"])
+        assert row["answer"] == str(sum(row["nums"]))
+
+
+def test_eval_set_is_fixed_distinct_and_held_out():
+    task = get_task("arithmetic", num_eval=64)
+    again = get_task("arithmetic", num_eval=64)
+    questions = [r["question"] for r in task.eval_rows]
+    assert questions == [r["question"] for r in again.eval_rows]
+    assert len(set(questions)) == 64
+    stream = task.train_stream(0)
+    train_questions = {r["question"] for r in stream.take(2000)}
+    assert not train_questions & set(questions)
+
+
+def test_stream_resumes_exactly():
+    task = get_task("arithmetic", num_eval=16)
+    s1 = task.train_stream(3)
+    s1.take(10)
+    state = s1.state_dict()
+    expected = s1.take(5)
+    s2 = task.train_stream(3)
+    s2.load_state_dict(state)
+    assert s2.take(5) == expected
+
+
+def test_bad_task_options():
+    with pytest.raises(ValueError, match="min_terms"):
+        get_task("arithmetic", min_terms=5, max_terms=3)
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("nope")
