@@ -6,20 +6,27 @@ Tensor in, tensor out: nothing here knows about models, tokenizers, accelerators
 Notation: N = B x G sequences (B prompts, G generations each, a prompt's G completions contiguous),
 T = completion tokens (padded), V = vocabulary. ``mask`` (N, T) is 1 on real completion tokens.
 
-Formulas follow TRL 1.16's ``GRPOTrainer`` exactly (a test cross-checks them):
+Formulas follow TRL 1.16's ``GRPOTrainer`` / ``RLOOTrainer`` exactly (``tests/test_core.py`` runs TRL's own
+code on the same inputs and compares):
 
-* advantages: ``(r - group_mean) / (std + 1e-4)``, std unbiased; ``scale="none"`` is Dr. GRPO.
-* per-token loss: ``-min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * k3_kl``.
+* advantages (``grpo``): ``(r - group_mean) / (std + 1e-4)``, std unbiased (Bessel), of the group
+  (``scale="group"``), of the whole batch (``"batch"``), or no division (``"none"``: Dr. GRPO).
+  ``rloo``: ``r_i - mean_{j != i} r_j``, optionally standardised over the group or batch.
+* per-token loss: ``-min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * k3_kl``, ratio per
+  token (GRPO) or per sequence (GSPO).
 * aggregation (``loss_type``): ``grpo`` per-sequence mean then mean; ``bnpo`` sum / local active tokens;
   ``dr_grpo`` sum / (N * max_completion_length); ``dapo`` sum / active tokens of the global batch.
 
 With one update per batch (``num_iterations == 1``) ``ratio == 1`` and clipping never acts, so the loss
 *value* is about 0 while its gradient is the plain policy gradient (TRL #2703): that is expected.
+
+NaN rewards mean "no reward applies to this sample" (TRL's convention): they are left out of the group
+statistics and get advantage 0.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -28,6 +35,7 @@ STD_EPS = 1e-4  # TRL's constant: keeps a near-constant group from producing hug
 
 
 def _registry(kind: str) -> tuple[dict[str, Callable], Callable[[str], Callable], Callable[[str], Callable]]:
+    """A name -> function table, its ``register(name)`` decorator and a ``get(name)`` that lists known names."""
     table: dict[str, Callable] = {}
 
     def register(name: str) -> Callable:
@@ -46,61 +54,143 @@ def _registry(kind: str) -> tuple[dict[str, Callable], Callable[[str], Callable]
 
 
 ADVANTAGE_ESTIMATORS, register_advantage_estimator, get_advantage_estimator = _registry("advantage estimator")
+REWARD_SCALES, register_reward_scale, get_reward_scale = _registry("scale_rewards")
 LOSS_AGGREGATIONS, register_loss_aggregation, get_loss_aggregation = _registry("loss_type")
+IMPORTANCE_LEVELS, register_importance_level, get_importance_level = _registry("importance_sampling_level")
+
+
+# --- statistics that ignore NaN (unscored samples) ------------------------------------------------------
+
+
+def nanstd(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    """Unbiased (Bessel) std ignoring NaNs, as TRL's ``nanstd``; NaN where fewer than 2 values count.
+
+    Args:
+        x: any shape.
+        dim: the dimension to reduce; ``None`` reduces all.
+        keepdim: keep the reduced dimension (size 1).
+    """
+    mean = torch.nanmean(x, dim=dim, keepdim=True)
+    count = (~torch.isnan(x)).sum(dim=dim, keepdim=True)
+    var = torch.nanmean((x - mean) ** 2, dim=dim, keepdim=True) * count / (count - 1)
+    std = torch.where(count > 1, var, torch.full_like(var, float("nan"))).sqrt()
+    if keepdim:
+        return std
+    return std.reshape(()) if dim is None else std.squeeze(dim)
 
 
 # --- advantages ----------------------------------------------------------------------------------------
 
 
+def _check_rewards(rewards: Tensor, group_size: int) -> None:
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int (num_generations), got {group_size!r}")
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ValueError(
+            f"rewards must be (N,) with N divisible by group_size={group_size}, got shape {tuple(rewards.shape)}; "
+            "pass one reward per completion, a prompt's G completions contiguous"
+        )
+
+
+@register_reward_scale("group")
+def _group_std(values: Tensor, group_size: int) -> Tensor:
+    """Each sample's group std (unbiased, NaN-aware). (N,) -> (N,); 0 when G == 1 (TRL's eval-time case)."""
+    if group_size == 1:
+        return torch.zeros_like(values)
+    return nanstd(values.view(-1, group_size), dim=1).repeat_interleave(group_size)
+
+
+@register_reward_scale("batch")
+def _batch_std(values: Tensor, group_size: int) -> Tensor:
+    """The std of all N values (unbiased, NaN-aware), broadcast. (N,) -> (N,); 0 when N == 1."""
+    return nanstd(values).expand_as(values) if values.numel() > 1 else torch.zeros_like(values)
+
+
+@register_reward_scale("none")
+def _no_scale(values: Tensor, group_size: int) -> Tensor:
+    """No division (Dr. GRPO): returns zeros, so ``x / (0 + 1e-4)`` is never taken (see callers)."""
+    return torch.zeros_like(values)
+
+
 @register_advantage_estimator("grpo")
 def grpo_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> Tensor:
-    """Group-relative advantages. rewards (N,) -> (N,).
+    """Group-relative advantages ``(r - group_mean) / (std + 1e-4)``. rewards (N,) -> (N,).
 
-    ``scale``: ``group`` divides by each group's std, ``batch`` by the std of all N rewards, ``none`` does not
-    divide (Dr. GRPO: std scaling up-weights near-constant groups, i.e. too easy or too hard prompts).
+    Args:
+        rewards: (N,) one scalar reward per completion; NaN = unscored (left out, advantage 0).
+        group_size: G, completions per prompt.
+        scale: ``group`` divides by each group's std (GRPO), ``batch`` by the std of all N rewards
+            (more robust, Hu et al. REINFORCE++), ``none`` does not divide (Dr. GRPO: std scaling
+            up-weights near-constant groups, i.e. too easy or too hard prompts).
     """
-    if rewards.dim() != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be (N,) with N divisible by group_size={group_size}, got {tuple(rewards.shape)}")
+    _check_rewards(rewards, group_size)
+    std_fn = get_reward_scale(scale)
     grouped = rewards.view(-1, group_size)  # (B, G)
-    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)  # (N,)
-    if scale == "none":
-        return centred
-    if scale == "group":
-        std = grouped.std(dim=1, keepdim=True).expand_as(grouped).reshape(-1) if group_size > 1 else torch.zeros_like(rewards)
-    elif scale == "batch":
-        std = rewards.std().expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
-    else:
-        raise ValueError(f"unknown scale_rewards {scale!r}; known: group, batch, none")
-    return centred / (std + STD_EPS)
+    centred = (rewards - torch.nanmean(grouped, dim=1).repeat_interleave(group_size))  # (N,)
+    adv = centred if scale == "none" else centred / (std_fn(rewards, group_size) + STD_EPS)
+    return torch.nan_to_num(adv, nan=0.0)
 
 
 @register_advantage_estimator("rloo")
 def rloo_advantages(rewards: Tensor, group_size: int, scale: str = "none") -> Tensor:
-    """REINFORCE leave-one-out: ``r_i - mean_{j != i} r_j`` = ``G / (G - 1) * (r_i - group_mean)``. (N,) -> (N,).
+    """REINFORCE leave-one-out: ``A_i = r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean)``. (N,) -> (N,).
 
-    ``scale`` other than ``none`` divides by the group/batch std as in :func:`grpo_advantages`.
+    The baseline averages over the scored siblings only, as TRL's ``RLOOTrainer``. ``scale``: ``none`` keeps the
+    raw leave-one-out advantages (Ahmadian et al. 2024; TRL's default), ``batch`` standardises them over the batch,
+    ``(A - mean(A)) / (std(A) + 1e-4)`` (TRL's ``normalize_advantages=True``), ``group`` does the same within
+    each group.
+
+    Args:
+        rewards: (N,) rewards, NaN = unscored.
+        group_size: G >= 2 (a leave-one-out baseline needs a sibling).
+        scale: ``none``, ``group`` or ``batch``.
     """
+    _check_rewards(rewards, group_size)
+    std_fn = get_reward_scale(scale)
     if group_size < 2:
-        raise ValueError("rloo needs group_size >= 2 (a leave-one-out baseline needs another sample)")
-    return grpo_advantages(rewards, group_size, scale) * (group_size / (group_size - 1))
+        raise ValueError("advantage_estimator='rloo' needs num_generations >= 2 (the baseline is the other samples)")
+    grouped = rewards.view(-1, group_size)  # (B, G)
+    scored = (~torch.isnan(grouped)).sum(dim=1, keepdim=True)  # (B, 1)
+    baseline = (torch.nansum(grouped, dim=1, keepdim=True) - grouped) / (scored - 1)  # (B, G)
+    adv = rewards - baseline.view(-1)  # (N,); NaN where unscored or the only scored sample
+    if scale == "group":
+        adv = adv - torch.nanmean(adv.view(-1, group_size), dim=1).repeat_interleave(group_size)
+    elif scale == "batch":
+        adv = adv - torch.nanmean(adv)
+    if scale != "none":
+        adv = adv / (std_fn(adv, group_size) + STD_EPS)
+    return torch.nan_to_num(adv, nan=0.0)
 
 
 def compute_advantages(rewards: Tensor, group_size: int, scale: str = "group", estimator: str = "grpo") -> Tensor:
-    """Advantages for N = B x G rewards, a prompt's G samples contiguous. rewards (N,) -> (N,)."""
+    """Advantages for N = B x G rewards, a prompt's G samples contiguous. rewards (N,) -> (N,).
+
+    Args:
+        rewards: (N,) total reward per completion; NaN = unscored (advantage 0, left out of the statistics).
+        group_size: G, completions per prompt.
+        scale: ``scale_rewards``: ``group``, ``batch`` or ``none``.
+        estimator: a registered estimator: ``grpo`` or ``rloo``.
+    """
     return get_advantage_estimator(estimator)(rewards, group_size, scale)
 
 
 def group_reward_std(rewards: Tensor, group_size: int) -> Tensor:
-    """Each group's reward std (unbiased). rewards (N,) -> (B,); 0 where all G rewards agree."""
-    return rewards.view(-1, group_size).std(dim=1) if group_size > 1 else torch.zeros(rewards.numel())
+    """Each group's reward std (unbiased). rewards (N,) -> (B,); 0 where all G rewards agree or G == 1."""
+    _check_rewards(rewards, group_size)
+    if group_size == 1:
+        return torch.zeros(rewards.numel(), dtype=rewards.dtype)
+    return torch.nan_to_num(nanstd(rewards.view(-1, group_size), dim=1), nan=0.0)
 
 
 # --- loss aggregation ----------------------------------------------------------------------------------
+# Each takes per_token (N, T), mask (N, T), max_completion_length, normalizer and returns a scalar.
 
 
 @register_loss_aggregation("grpo")
-def aggregate_grpo(per_token: Tensor, mask: Tensor, max_completion_length: int | None, normalizer: float | None) -> Tensor:
-    """Mean over each sequence's tokens, then over sequences (per_token, mask: (N, T) -> scalar).
+def aggregate_grpo(
+    per_token: Tensor, mask: Tensor, max_completion_length: int | None, normalizer: float | None
+) -> Tensor:
+    """Mean over each sequence's tokens, then over sequences: ``mean_i (sum_t l_it m_it / |o_i|)``. -> scalar.
 
     Length-biased: a long wrong answer's tokens each get a smaller push (Dr. GRPO, section 3.1).
     """
@@ -108,28 +198,50 @@ def aggregate_grpo(per_token: Tensor, mask: Tensor, max_completion_length: int |
 
 
 @register_loss_aggregation("bnpo")
-def aggregate_bnpo(per_token: Tensor, mask: Tensor, max_completion_length: int | None, normalizer: float | None) -> Tensor:
-    """Sum over active tokens of this (local) batch / their count. (N, T) -> scalar."""
+def aggregate_bnpo(
+    per_token: Tensor, mask: Tensor, max_completion_length: int | None, normalizer: float | None
+) -> Tensor:
+    """Sum over active tokens of this (local) batch / their count: ``sum l m / sum m``. -> scalar."""
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 @register_loss_aggregation("dr_grpo")
-def aggregate_dr_grpo(per_token: Tensor, mask: Tensor, max_completion_length: int | None, normalizer: float | None) -> Tensor:
-    """Sum / (N * max_completion_length): a constant, so no length bias. (N, T) -> scalar."""
-    if max_completion_length is None:
-        raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+def aggregate_dr_grpo(
+    per_token: Tensor, mask: Tensor, max_completion_length: int | None, normalizer: float | None
+) -> Tensor:
+    """Sum / (N * max_completion_length): a constant, so no length bias (Dr. GRPO). -> scalar."""
+    if max_completion_length is None or max_completion_length < 1:
+        raise ValueError("loss_type='dr_grpo' needs max_completion_length (a positive int): it is the normaliser")
     return (per_token * mask).sum() / (per_token.size(0) * max_completion_length)
 
 
 @register_loss_aggregation("dapo")
-def aggregate_dapo(per_token: Tensor, mask: Tensor, max_completion_length: int | None, normalizer: float | None) -> Tensor:
-    """Sum / active tokens of the *global* batch (``normalizer``; defaults to this batch's count). (N, T) -> scalar.
+def aggregate_dapo(
+    per_token: Tensor, mask: Tensor, max_completion_length: int | None, normalizer: float | None
+) -> Tensor:
+    """Sum / active tokens of the *global* batch (``normalizer``; defaults to this batch's count). -> scalar.
 
-    Under data parallelism pass ``normalizer = global_active_tokens / world_size``: DDP averages gradients
-    over ranks, so the result is the sum over all ranks' tokens / all active tokens (DAPO's token-level loss).
+    Under data parallelism or micro-batching pass ``normalizer = global_active_tokens / world_size`` (TRL's
+    ``num_items_in_batch / num_processes``): DDP averages gradients over ranks, so the summed micro-batch
+    losses are the sum over all tokens / all active tokens (DAPO's token-level loss).
     """
-    denom = mask.sum().clamp(min=1.0) if normalizer is None else max(float(normalizer), 1e-8)
+    denom = mask.sum().clamp(min=1.0) if normalizer is None else max(float(normalizer), 1.0)
     return (per_token * mask).sum() / denom
+
+
+# --- importance weights ------------------------------------------------------------------------------------
+
+
+@register_importance_level("token")
+def token_log_weights(log_ratio: Tensor, mask: Tensor) -> Tensor:
+    """Per-token log-ratio ``logp - old_logp`` (GRPO/PPO). (N, T) -> (N, T)."""
+    return log_ratio
+
+
+@register_importance_level("sequence")
+def sequence_log_weights(log_ratio: Tensor, mask: Tensor) -> Tensor:
+    """GSPO's length-normalised sequence log-ratio ``mean_t (logp - old_logp)``. (N, T) -> (N, 1)."""
+    return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
 
 
 # --- the policy loss -----------------------------------------------------------------------------------
@@ -147,9 +259,24 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def _check_loss_inputs(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
+                       ref_logprobs: Tensor | None, beta: float, epsilon: float, epsilon_high: float) -> None:
+    if logprobs.dim() != 2:
+        raise ValueError(f"logprobs must be (N, T), got shape {tuple(logprobs.shape)}")
+    for name, t in (("old_logprobs", old_logprobs), ("mask", mask), ("ref_logprobs", ref_logprobs)):
+        if t is not None and t.shape != logprobs.shape:
+            raise ValueError(f"{name} must have the shape of logprobs {tuple(logprobs.shape)}, got {tuple(t.shape)}")
+    if advantages.shape not in (logprobs.shape[:1], logprobs.shape):
+        raise ValueError(f"advantages must be (N,) = {tuple(logprobs.shape[:1])}, got {tuple(advantages.shape)}")
+    if beta != 0.0 and ref_logprobs is None:
+        raise ValueError("beta != 0 needs ref_logprobs (reference-model log-probs); pass them or set beta=0")
+    if epsilon < 0 or epsilon_high < 0:
+        raise ValueError(f"clip ranges must be >= 0, got epsilon={epsilon}, epsilon_high={epsilon_high}")
+
+
 def policy_loss(
     logprobs: Tensor,
-    old_logprobs: Tensor,
+    old_logprobs: Tensor | None,
     advantages: Tensor,
     mask: Tensor,
     *,
@@ -162,82 +289,157 @@ def policy_loss(
     importance_sampling_level: str = "token",
     normalizer: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped surrogate loss (PPO/GRPO), aggregated by ``loss_type``.
+    """Clipped surrogate loss (PPO/GRPO) plus the k3 KL penalty, aggregated by ``loss_type``.
 
     Args:
         logprobs: (N, T) log-probs of the sampled tokens under the current policy (with grad).
-        old_logprobs: (N, T) the same under the policy that sampled them (no grad).
-        advantages: (N,) one advantage per sequence.
+        old_logprobs: (N, T) the same under the policy that sampled them (no grad); ``None`` means on-policy
+            (``logprobs.detach()``, TRL's shortcut when ``num_iterations == 1``).
+        advantages: (N,) one advantage per sequence ((N, T) per-token advantages are accepted too).
         mask: (N, T) 1 on completion tokens that count.
         loss_type: aggregation: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see module docstring).
-        epsilon, epsilon_high: clip range ``[1 - epsilon, 1 + epsilon_high]``; ``epsilon_high`` defaults
-            to ``epsilon`` (DAPO's clip-higher uses 0.2 / 0.28).
+        epsilon: lower clip range, ratio >= ``1 - epsilon``.
+        epsilon_high: upper clip range, ratio <= ``1 + epsilon_high``; defaults to ``epsilon``
+            (DAPO's clip-higher: 0.2 / 0.28).
         max_completion_length: the normaliser of ``dr_grpo``.
-        ref_logprobs: (N, T) reference-model log-probs, needed when ``beta > 0``.
-        beta: weight of the k3 KL penalty.
+        ref_logprobs: (N, T) reference-model log-probs; needed when ``beta != 0``.
+        beta: weight of the k3 KL penalty, added per token before aggregation.
         importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO: one ratio per sequence,
             ``exp(mean_t(logp - old_logp))``).
         normalizer: ``dapo`` only: active tokens of the global batch divided by the world size.
 
     Returns:
-        ``(loss, metrics)``: scalar loss; detached floats ``clip_ratio`` (share of active tokens where
-        clipping removed the gradient), ``clip_ratio/low``, ``clip_ratio/high`` and ``kl`` (mean k3).
+        ``(loss, metrics)``: scalar loss; detached floats ``clip_ratio`` (share of active tokens, or of
+        sequences at ``sequence`` level, where clipping removed the gradient), ``clip_ratio/low``,
+        ``clip_ratio/high`` and, when ``ref_logprobs`` is given, ``kl`` (masked mean of k3).
     """
+    old_logprobs = logprobs.detach() if old_logprobs is None else old_logprobs
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    _check_loss_inputs(logprobs, old_logprobs, advantages, mask, ref_logprobs, beta, epsilon, epsilon_high)
+    aggregate = get_loss_aggregation(loss_type)
     mask = mask.to(logprobs.dtype)
-    adv = advantages.unsqueeze(1)  # (N, 1)
-    log_ratio = logprobs - old_logprobs  # (N, T)
-    if importance_sampling_level == "token":
-        log_w = log_ratio
-    elif importance_sampling_level == "sequence":
-        log_w = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # (N, 1)
-    else:
-        raise ValueError(f"unknown importance_sampling_level {importance_sampling_level!r}; known: token, sequence")
-    ratio = torch.exp(log_w)  # (N, T) or (N, 1)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # (N, 1) or (N, T)
+
+    log_w = get_importance_level(importance_sampling_level)(logprobs - old_logprobs, mask)  # (N, T) or (N, 1)
+    ratio = torch.exp(log_w)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-    per_token = -torch.min(ratio * adv, clipped * adv)  # (N, T) or (N, 1)
-    per_token = per_token.expand_as(mask)
+    per_token = -torch.min(ratio * adv, clipped * adv).expand_as(mask)  # (N, T)
     metrics: dict[str, float] = {}
-    if beta != 0.0:
-        if ref_logprobs is None:
-            raise ValueError("beta > 0 needs ref_logprobs")
-        kl = k3_kl(logprobs, ref_logprobs)
-        per_token = per_token + beta * kl
+    if ref_logprobs is not None:
+        kl = k3_kl(logprobs, ref_logprobs)  # (N, T)
+        if beta != 0.0:
+            per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask).item()
-    loss = get_loss_aggregation(loss_type)(per_token, mask, max_completion_length, normalizer)
+    loss = aggregate(per_token, mask, max_completion_length, normalizer)
 
     with torch.no_grad():
-        low = ((ratio < 1 - epsilon) & (adv < 0)).to(mask.dtype)
-        high = ((ratio > 1 + epsilon_high) & (adv > 0)).to(mask.dtype)
-        metrics["clip_ratio/low"] = masked_mean(low, mask).item()
-        metrics["clip_ratio/high"] = masked_mean(high, mask).item()
-        metrics["clip_ratio"] = masked_mean(low + high, mask).item()
+        low = (ratio < 1 - epsilon) & (adv < 0)  # the min picked the clipped term: no gradient
+        high = (ratio > 1 + epsilon_high) & (adv > 0)
+        # TRL averages over active tokens, or over sequences when there is one ratio per sequence.
+        weight = mask if low.size(-1) == mask.size(-1) else torch.ones_like(low, dtype=mask.dtype)
+        metrics["clip_ratio/low"] = masked_mean(low.to(mask.dtype), weight).item()
+        metrics["clip_ratio/high"] = masked_mean(high.to(mask.dtype), weight).item()
+        metrics["clip_ratio"] = masked_mean((low | high).to(mask.dtype), weight).item()
     return loss, metrics
 
 
 # --- log-probs and entropy without holding full-vocabulary copies ---------------------------------------
+# Both run forward *and* backward in row chunks (custom autograd functions that recompute the softmax
+# per chunk), so beyond the logits and their gradient only ``chunk_size`` x V floats exist at a time.
+# Half-precision logits are computed in float32 (logsumexp in bf16 is too coarse); float64 stays float64.
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
+    """``log_softmax(logits)[index]`` for (M, V) logits, (M,) index; backward ``g * (onehot - softmax)``."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, index: Tensor, chunk_size: int) -> Tensor:
+        out = logits.new_empty(index.shape, dtype=_compute_dtype(logits.dtype))  # (M,)
+        lse = torch.empty_like(out)  # (M,) logsumexp, kept so backward needs no second reduction
+        for s in range(0, logits.size(0), chunk_size):
+            rows = logits[s : s + chunk_size].to(out.dtype)  # (c, V)
+            lse[s : s + chunk_size] = torch.logsumexp(rows, dim=-1)
+            picked = rows.gather(-1, index[s : s + chunk_size, None]).squeeze(-1)  # (c,)
+            out[s : s + chunk_size] = picked - lse[s : s + chunk_size]
+        ctx.save_for_backward(logits, index, lse)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        logits, index, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for s in range(0, logits.size(0), ctx.chunk_size):
+            e = s + ctx.chunk_size
+            g = grad_out[s:e, None].to(lse.dtype)  # (c, 1)
+            chunk = -g * torch.exp(logits[s:e].to(lse.dtype) - lse[s:e, None])  # (c, V): -g * softmax
+            chunk.scatter_add_(-1, index[s:e, None], g)
+            grad[s:e] = chunk.to(logits.dtype)
+        return grad, None, None
+
+
+class _ChunkedEntropy(torch.autograd.Function):
+    """Softmax entropy of (M, V) logits -> (M,); backward ``dH/dz = -p * (log p + H)``."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, chunk_size: int) -> Tensor:
+        out = logits.new_empty(logits.shape[:1], dtype=_compute_dtype(logits.dtype))  # (M,)
+        for s in range(0, logits.size(0), chunk_size):
+            logp = torch.log_softmax(logits[s : s + chunk_size].to(out.dtype), dim=-1)  # (c, V)
+            out[s : s + chunk_size] = -(logp.exp() * logp).sum(-1)
+        ctx.save_for_backward(logits, out)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:
+        logits, ent = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for s in range(0, logits.size(0), ctx.chunk_size):
+            e = s + ctx.chunk_size
+            logp = torch.log_softmax(logits[s:e].to(ent.dtype), dim=-1)  # (c, V)
+            grad[s:e] = (-grad_out[s:e, None].to(ent.dtype) * logp.exp() * (logp + ent[s:e, None])).to(logits.dtype)
+        return grad, None
+
+
+def _check_chunk(chunk_size: int) -> None:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
 
 def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = 256) -> Tensor:
-    """``log_softmax(logits).gather(index)`` in row chunks. logits (..., V), index (...) -> (...).
+    """``log_softmax(logits).gather(index)`` in row chunks, forward and backward. (..., V), (...) -> (...).
 
-    Only ``chunk_size`` rows of float32 log-softmax exist at a time, instead of (N, T, V).
+    Args:
+        logits: (..., V), e.g. (N, T, V); any float dtype (half precision is computed in float32).
+        index: (...) int64 token ids, e.g. (N, T).
+        chunk_size: rows of V processed at a time.
+
+    Returns:
+        (...) log-probs, float32 (float64 for float64 logits), differentiable w.r.t. ``logits``.
     """
-    flat_logits = logits.reshape(-1, logits.size(-1))
-    flat_index = index.reshape(-1)
-    out = []
-    for start in range(0, flat_logits.size(0), chunk_size):
-        rows = flat_logits[start : start + chunk_size].float()
-        picked = rows.gather(-1, flat_index[start : start + chunk_size, None]).squeeze(-1)
-        out.append(picked - torch.logsumexp(rows, dim=-1))
-    return torch.cat(out).view(index.shape) if out else flat_logits.new_zeros(index.shape, dtype=torch.float32)
+    _check_chunk(chunk_size)
+    if logits.shape[:-1] != index.shape:
+        raise ValueError(f"index shape {tuple(index.shape)} must be logits' without V: {tuple(logits.shape[:-1])}")
+    flat = _ChunkedSelectiveLogSoftmax.apply(logits.reshape(-1, logits.size(-1)), index.reshape(-1), chunk_size)
+    return flat.view(index.shape)
 
 
 def entropy_from_logits(logits: Tensor, chunk_size: int = 256) -> Tensor:
-    """Entropy (nats) of each row's softmax, in row chunks. logits (..., V) -> (...)."""
-    flat = logits.reshape(-1, logits.size(-1))
-    out = []
-    for start in range(0, flat.size(0), chunk_size):
-        logp = torch.log_softmax(flat[start : start + chunk_size].float(), dim=-1)
-        out.append(-(logp.exp() * logp).sum(-1))
-    return torch.cat(out).view(logits.shape[:-1]) if out else flat.new_zeros(logits.shape[:-1], dtype=torch.float32)
+    """Entropy (nats) of each row's softmax, in row chunks, forward and backward. logits (..., V) -> (...).
+
+    Args:
+        logits: (..., V), e.g. (N, T, V); half precision is computed in float32.
+        chunk_size: rows of V processed at a time.
+
+    Returns:
+        (...) entropies, float32 (float64 for float64 logits), differentiable w.r.t. ``logits``.
+    """
+    _check_chunk(chunk_size)
+    return _ChunkedEntropy.apply(logits.reshape(-1, logits.size(-1)), chunk_size).view(logits.shape[:-1])
