@@ -18,14 +18,24 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(help_text())
         return 0
+    # --smoke is a switch: bare `--smoke` means `--smoke true`.
+    argv = ["--smoke=true" if a == "--smoke" and (i + 1 == len(argv) or argv[i + 1].startswith("--")) else a
+            for i, a in enumerate(argv)]
     try:
         cfg = load_config(argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from grpo.trainer import Trainer  # heavy imports only after the config is known to be good
+    from grpo.trainer import Trainer, TrainingError  # heavy imports only after the config is known to be good
 
-    Trainer(cfg).train()
+    try:
+        Trainer(cfg).train()
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ConfigError as e:  # found while loading: a model or dataset that cannot be reached, a bad row
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

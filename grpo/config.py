@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import types
 import typing
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from grpo.signals import DEFAULT_REFLECTION_WORDS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
@@ -79,8 +82,38 @@ class GRPOConfig:
     eval_batch_size: int = _f(128, "Prompts per generate call during evaluation.")
     eval_max_completion_length: int | None = _f(None, "Max new tokens during evaluation; default = max_completion_length.")
     logging_steps: int = _f(1, "Print a console line every N steps (metrics.jsonl gets every step).")
+    report_to: list | None = _f(None, "Trackers that get the metrics too: tensorboard, wandb, trackio, all (those installed) or none; "
+                                "a name, a comma list or a YAML list.")
+    log_completions_steps: int = _f(10, "Write every sampled completion of step 1, of every N-th step and of the last step to completions.jsonl; 0 = never.")
+    reflection_words: list = _f(list(DEFAULT_REFLECTION_WORDS), "Words counted by reasoning/reflection_ratio (case-insensitive, whole words); [] = off.")
     save_final_model: bool = _f(True, "save_pretrained the trained model and tokenizer to output_dir/final at the end.")
+    # --- checkpoints and resume
+    save_steps: int = _f(500, "Save a checkpoint (model, optimizer, scheduler, RNG, data position) every N steps and at the end; 0 = only at the end.")
+    save_total_limit: int | None = _f(2, "Keep only the newest N checkpoints; None = keep all.")
+    resume_from_checkpoint: str | None = _f(None, "Resume from this checkpoint folder. Without it, a run resumes from the newest checkpoint in output_dir.")
+    overwrite_output_dir: bool = _f(False, "Start fresh even if output_dir has checkpoints (they are deleted).")
+    max_bad_steps: int = _f(5, "Stop after this many steps in a row whose loss or gradient was not finite (each is skipped).")
     cpu_threads: int | None = _f(None, "torch threads per process on CPU; None = torch's default. Tiny models run faster on 1.")
+    # --- model loading, precision, LoRA (grpo/model.py)
+    dtype: str = _f("auto", "Weight dtype: auto (float32 weights to train, bfloat16 for a frozen LoRA base on GPU), bfloat16, "
+                    "float16 or float32. Compute in bf16 with `accelerate launch --mixed_precision bf16`.")
+    attn_implementation: str | None = _f(None, "Attention kernel: sdpa, eager, flash_attention_2...; None = transformers' default.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations during backward: much less memory, about 30% slower updates.")
+    trust_remote_code: bool = _f(False, "Let a hub model or tokenizer run its own Python code. Off: only enable it for code you trust.")
+    use_peft: bool = _f(False, "Train a LoRA adapter (peft) instead of all weights; with beta > 0 the reference model is the base "
+                        "with the adapter switched off (no second copy).")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA alpha (the adapter is scaled by lora_alpha / lora_r).")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
+    lora_target_modules: list = _f(["all-linear"], "Modules that get adapters: [all-linear] (every linear layer but the "
+                                   "output head) or names such as [q_proj, v_proj].")
+    save_merged: bool = _f(False, "With use_peft: save the final model with the adapter merged in (a plain model) instead of "
+                           "the adapter alone.")
+    eval_pass_k: int = _f(1, "k > 1: also sample k completions per eval prompt at the rollout temperature and report eval/pass@k.")
+    eval_reward: str = _f("accuracy", "The reward that decides eval/accuracy (1 = right), e.g. countdown; its kwargs are "
+                          "taken from `rewards` when it is listed there.")
+    smoke: bool = _f(False, "Smoke test (--smoke): a tiny random model of the recipe's architecture, a few generated rows "
+                     "in the task's format, 2 steps. Runs any recipe offline in seconds.")
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -127,6 +160,14 @@ def _coerce(key: str, value: Any, from_cli: bool) -> Any:
             if isinstance(value, str) and from_cli:
                 value = yaml.safe_load(value)
             if not isinstance(value, dict):
+                raise ValueError
+            return value
+        if tp is list:
+            if isinstance(value, str) and from_cli:
+                value = yaml.safe_load(value)  # "[a, b]" on the command line
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]  # "a" or "a,b"
+            if not isinstance(value, list):
                 raise ValueError
             return value
         if tp is str:
@@ -196,6 +237,11 @@ def load_config(argv: list[str] | None = None) -> GRPOConfig:
             raise _unknown_key(key)
         values[key] = _coerce(key, value, from_cli=True)
     cfg = GRPOConfig(**values)
+    if cfg.smoke:  # swap model and data for tiny offline stand-ins before validation looks for them
+        from grpo.smoke import apply_smoke
+
+        _check_output_dir(cfg.output_dir)
+        cfg = apply_smoke(cfg)
     validate(cfg)
     return cfg
 
@@ -207,7 +253,7 @@ def validate(cfg: GRPOConfig) -> None:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
-    for key in ["eval_steps", "warmup_steps", "beta", "weight_decay", "max_grad_norm", "epsilon", "top_k"]:
+    for key in ["eval_steps", "save_steps", "max_bad_steps", "warmup_steps", "beta", "weight_decay", "max_grad_norm", "epsilon", "top_k"]:
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(cfg, key)}")
     if cfg.temperature <= 0:
@@ -242,8 +288,41 @@ def validate(cfg: GRPOConfig) -> None:
             spec = spec.get("weight", 1.0)
         if isinstance(spec, bool) or not isinstance(spec, (int, float)):
             raise ConfigError(f"reward '{name}' weight must be a number, got {spec!r}")
+    if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
+        raise ConfigError(f"save_total_limit must be >= 1 (or null to keep all), got {cfg.save_total_limit}")
+    if cfg.resume_from_checkpoint and not (Path(cfg.resume_from_checkpoint) / "trainer_state.json").is_file():
+        raise ConfigError(f"resume_from_checkpoint {cfg.resume_from_checkpoint} is not a complete checkpoint folder "
+                          "(no trainer_state.json); pick an output_dir/checkpoint-<step> folder")
+    _check_model_options(cfg)
     _check_names(cfg)
     _check_output_dir(cfg.output_dir)
+    _check_model(cfg)
+    _check_logging(cfg)
+
+
+DTYPES = ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")
+
+
+def _check_model_options(cfg: GRPOConfig) -> None:
+    """dtype, LoRA and evaluation options."""
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {cfg.dtype!r}")
+    if cfg.lora_r < 1 or cfg.lora_alpha <= 0:
+        raise ConfigError(f"lora_r must be >= 1 and lora_alpha > 0, got {cfg.lora_r} and {cfg.lora_alpha}")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise ConfigError(f"lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+    if not cfg.lora_target_modules or not all(isinstance(m, str) for m in cfg.lora_target_modules):
+        raise ConfigError("lora_target_modules must be a list of module names, e.g. [all-linear] or [q_proj, v_proj]")
+    if cfg.save_merged and not cfg.use_peft:
+        raise ConfigError("save_merged needs use_peft: true (without LoRA the saved model is already a plain model)")
+    if cfg.eval_pass_k < 1:
+        raise ConfigError(f"eval_pass_k must be >= 1, got {cfg.eval_pass_k}")
+    import rewards
+
+    try:
+        rewards.get(cfg.eval_reward)
+    except KeyError as e:
+        raise ConfigError(f"eval_reward: {e.args[0]}") from None
 
 
 def _check_names(cfg: GRPOConfig) -> None:
@@ -262,6 +341,41 @@ def _check_names(cfg: GRPOConfig) -> None:
         raise ConfigError(f"task '{cfg.task}': {e}") from None
 
 
+# report_to name -> (modules any of which makes it work, the pip extra that installs one)
+TRACKERS = {"tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"), "wandb": (("wandb",), "wandb"),
+            "trackio": (("trackio",), "trackio")}
+
+
+def _installed(modules: tuple[str, ...]) -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def report_to_list(report_to: list | str | None) -> list[str]:
+    """Tracker names from ``report_to``: None/'none' -> [], 'all' -> every installed tracker, else as given."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [str(n).strip().lower() for n in names]
+    if "all" in names:
+        return [t for t, (modules, _) in TRACKERS.items() if _installed(modules)]
+    return list(dict.fromkeys(n for n in names if n and n != "none"))
+
+
+def _check_logging(cfg: GRPOConfig) -> None:
+    """Trackers must be known and installed, reflection words strings: fail before the model loads."""
+    if cfg.log_completions_steps < 0:
+        raise ConfigError(f"config key 'log_completions_steps' must be >= 0 (0 = never), got {cfg.log_completions_steps}")
+    for name in report_to_list(cfg.report_to):
+        if name not in TRACKERS:
+            raise ConfigError(f"report_to: unknown tracker '{name}'; choose from {', '.join(TRACKERS)}, all or none")
+        modules, extra = TRACKERS[name]
+        if not _installed(modules):
+            raise ConfigError(f"report_to '{name}' needs the {modules[0]} package: pip install 'grpo-zero[{extra}]'")
+    bad = [w for w in cfg.reflection_words if not isinstance(w, str) or not w.strip()]
+    if bad:
+        raise ConfigError(f"reflection_words must be non-empty strings, got {bad[0]!r}; e.g. [wait, verify, let me]")
+
+
 def _check_output_dir(output_dir: str) -> None:
     """The output dir must be creatable and writable: fail now, not after an hour of training."""
     path = Path(output_dir)
@@ -270,6 +384,28 @@ def _check_output_dir(output_dir: str) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise ConfigError(f"output_dir {output_dir} cannot be written ({probe} is not a writable folder); choose another --output_dir")
+
+
+def _check_model(cfg: GRPOConfig) -> None:
+    """A local model path must exist, and completions must fit the model's context (reads config.json only)."""
+    name = cfg.model_name_or_path
+    path = resolve_model_path(name)
+    looks_local = name.startswith((".", "/", "~")) or name.startswith("models/") or name.count("/") > 1
+    if not Path(path).exists():
+        if looks_local:
+            raise ConfigError(f"model path {name} does not exist; give an existing folder or a hub name like Qwen/Qwen2.5-0.5B")
+        return  # a hub name: checked when it loads
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"model folder {path} has no config.json; point model_name_or_path at a Hugging Face model folder")
+    try:
+        context = json.loads(config_file.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        raise ConfigError(f"model folder {path} has an unreadable config.json") from None
+    needed = cfg.max_completion_length + 1
+    if isinstance(context, int) and needed > context:
+        raise ConfigError(f"max_completion_length {cfg.max_completion_length} does not fit the model's context of "
+                          f"{context} tokens (prompt included); lower max_completion_length")
 
 
 def resolve_model_path(name: str) -> str:

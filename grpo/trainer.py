@@ -10,7 +10,16 @@ tokens.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
 import time
+from pathlib import Path
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -18,13 +27,52 @@ from torch import Tensor
 from transformers import get_scheduler
 
 from grpo import core
+from grpo.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_logs, save_checkpoint
 from grpo.config import GRPOConfig
 from grpo.evaluate import evaluate
 from grpo.model import load_policy, load_reference, load_tokenizer
 from grpo.data import get_task
-from grpo.logging import MetricsLogger
+from grpo.logging import MetricsLogger, tracker_names
 from grpo.rollout import HFGenerateBackend, RolloutBatch
 from rewards.combine import build_rewards, score
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on; the message is one line saying why and what to do."""
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM: finish the current step, checkpoint, exit 0. A second signal exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            print(f"\nsecond {signal.Signals(signum).name}: exiting now without saving", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name} received: finishing this step, saving a checkpoint, then exiting "
+              "(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Install the handlers for the duration of the loop (main thread only), then restore the old ones."""
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        try:
+            old = {s: signal.signal(s, self._handle) for s in sigs}
+        except ValueError:  # not the main thread: leave signals alone
+            old = {}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """True on every rank if any rank was signalled (so all ranks save and stop at the same step)."""
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
 class Trainer:
@@ -35,7 +83,8 @@ class Trainer:
         # accelerate wants mpirun for multi-process CPU unless told cpu=True; with cpu=True,
         # `accelerate launch --multi_gpu --num_processes 2` (or torchrun) runs 2 gloo ranks on a CPU machine.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                                       gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+                                       gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                       log_with=tracker_names(cfg) or None, project_dir=cfg.output_dir)
         acc = self.accelerator
         if cfg.cpu_threads and acc.device.type == "cpu":
             torch.set_num_threads(cfg.cpu_threads)
@@ -54,7 +103,9 @@ class Trainer:
                                   num_training_steps=cfg.max_steps * cfg.num_iterations)
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
         self.backend = HFGenerateBackend(self.tokenizer, cfg.max_completion_length, cfg.temperature, cfg.top_p, cfg.top_k)
-        self.logger = MetricsLogger(cfg, acc)
+        self.logger = MetricsLogger(cfg, acc, self.tokenizer)
+        self.bad_steps = 0  # consecutive steps whose update was dropped as non-finite
+        self._last_step_ok = True
 
     # --- log-probs ---------------------------------------------------------------------------------------
 
@@ -131,11 +182,8 @@ class Trainer:
                     # accelerate divides by gradient_accumulation_steps in backward(); undo it, our share is exact.
                     acc.backward(loss * share * cfg.gradient_accumulation_steps)
                     if acc.sync_gradients:
-                        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-                        sums["grad_norm"] = sums.get("grad_norm", 0.0) + (float(grad_norm) if grad_norm is not None else 0.0)
-                    self.optimizer.step()
-                    self.scheduler.step() if acc.sync_gradients else None
-                    self.optimizer.zero_grad(set_to_none=True)
+                        sums["grad_norm"] = sums.get("grad_norm", 0.0) + self._optimizer_step()
+                        sums["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0) + (not self._last_step_ok)
                 sums["loss"] = sums.get("loss", 0.0) + loss.item() * share / cfg.num_iterations
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v / (len(slices) * cfg.num_iterations)
@@ -143,6 +191,20 @@ class Trainer:
         ent = torch.cat(entropies)
         sums["entropy"] = core.masked_mean(ent, mask.to(ent.device)).item()
         return sums
+
+    def _optimizer_step(self) -> float:
+        """Clip, then step, unless the gradient is not finite: then drop it (Adam state untouched). -> grad norm."""
+        cfg = self.cfg
+        # clip with an infinite bound still returns the norm, which is what the finiteness check needs.
+        norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(),
+                                                      cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf))
+        # The norm is computed after DDP's all-reduce, so every rank takes the same branch.
+        self._last_step_ok = math.isfinite(norm)
+        if self._last_step_ok:
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
 
     def step(self, step: int) -> dict[str, float]:
         """One GRPO step; returns this step's metrics (gathered over ranks)."""
@@ -153,13 +215,14 @@ class Trainer:
         rewards, per_reward = score(self.rewards, batch.completions, rows, batch.prompts)
         t2 = time.perf_counter()
         advantages = self.advantages(rewards)
+        self.logger.log_completions(step, batch, rows, rewards, per_reward, advantages)
         # All advantages zero (every group agreed) and no KL: the gradient is exactly zero, but Adam's
         # momentum would still move the weights, which damages small models. Skip the update instead.
         any_signal = acc.reduce(advantages.abs().sum().to(acc.device), reduction="sum").item() > 0
         if any_signal or cfg.beta > 0:
             update_metrics = self.update(batch, advantages)
         else:
-            update_metrics = {"loss": 0.0, "grad_norm": 0.0, "skipped_update": 1.0}
+            update_metrics = {"loss": 0.0, "grad_norm": 0.0, "skipped_update": 1.0, "skipped_nonfinite": 0.0}
         t3 = time.perf_counter()
         m = self.logger.rollout_metrics(batch, rewards, per_reward, cfg.num_generations)
         m.update(update_metrics)
@@ -185,26 +248,94 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------------
 
     def train(self) -> dict:
-        """Run ``max_steps`` steps with evals; save the final model. Returns a summary dict."""
-        cfg = self.cfg
+        """Run (or resume) up to ``max_steps`` steps with evals and checkpoints. Returns a summary dict.
+
+        Raises:
+            TrainingError: ``max_bad_steps`` steps in a row had a non-finite loss or gradient.
+        """
+        cfg, acc = self.cfg, self.accelerator
+        resume_from = self._checkpoint_to_resume()
         self.logger.start()
-        first_eval = last_eval = None
-        if cfg.eval_steps:
-            first_eval = last_eval = self.evaluate()
+        start_step, first_eval, last_eval = 0, None, None
+        if resume_from is not None:
+            start_step, rank_state = load_checkpoint(acc, resume_from)
+            self.stream.load_state_dict(rank_state["stream"])
+            self.bad_steps = rank_state.get("bad_steps", 0)
+            restore_logs(acc, resume_from, cfg.output_dir)
+            first_eval = self._logged_eval(0)
+            acc.print(f"resuming from {resume_from} at step {start_step} of {cfg.max_steps}")
+        elif cfg.eval_steps:
+            first_eval = self.evaluate()
             self.logger.log(0, first_eval)
+        last_eval = first_eval
+        stop = _StopRequest()
         t_start = time.perf_counter()
-        for step in range(1, cfg.max_steps + 1):
-            metrics = self.step(step)
-            self.logger.log(step, metrics)
-            if cfg.eval_steps and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
-                last_eval = self.evaluate()
-                self.logger.log(step, last_eval)
+        step = start_step
+        with stop.installed():
+            for step in range(start_step + 1, cfg.max_steps + 1):
+                metrics = self.step(step)
+                self.logger.log(step, metrics)
+                self._check_bad_steps(step, metrics)
+                if cfg.eval_steps and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+                    last_eval = self.evaluate()
+                    self.logger.log(step, last_eval)
+                stopping = stop.agreed(acc)
+                if (cfg.save_steps and step % cfg.save_steps == 0) or stopping or (cfg.save_steps and step == cfg.max_steps):
+                    path = self.save_checkpoint(step)
+                if stopping:
+                    acc.print(f"stopped by signal after step {step}; checkpoint saved to {path}. "
+                              "Rerun the same command to resume.")
+                    break
+        if start_step >= cfg.max_steps:
+            acc.print(f"nothing to do: {cfg.output_dir} already finished step {start_step}; raise --max_steps to "
+                      "continue or pass --overwrite_output_dir true to start again")
         wall = time.perf_counter() - t_start
-        if cfg.save_final_model:
+        finished = step >= cfg.max_steps and not stop.requested
+        if cfg.save_final_model and finished and start_step < cfg.max_steps:
             self.save_final()
-        summary = {"first_eval": first_eval, "last_eval": last_eval, "wall_s": wall, "steps": cfg.max_steps}
+        summary = {"first_eval": first_eval, "last_eval": last_eval, "wall_s": wall, "steps": step,
+                   "resumed_from": str(resume_from) if resume_from else None, "interrupted": stop.requested}
         self.logger.finish(summary)
         return summary
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        """``resume_from_checkpoint`` if set; else the newest complete checkpoint unless ``overwrite_output_dir``."""
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.resume_from_checkpoint:
+            return Path(cfg.resume_from_checkpoint)
+        if cfg.overwrite_output_dir:
+            if acc.is_main_process:
+                for old in list_checkpoints(cfg.output_dir):
+                    shutil.rmtree(old, ignore_errors=True)
+            acc.wait_for_everyone()
+            return None
+        return latest_checkpoint(cfg.output_dir)
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Atomic ``output_dir/checkpoint-<step>`` with everything exact resume needs (all ranks call this)."""
+        rank_state = {"stream": self.stream.state_dict(), "bad_steps": self.bad_steps}
+        return save_checkpoint(self.accelerator, self.cfg.output_dir, step, rank_state, self.cfg.save_total_limit)
+
+    def _logged_eval(self, step: int) -> dict | None:
+        """The eval row for ``step`` from the (restored) metrics.jsonl, for the summary after a resume."""
+        path = Path(self.cfg.output_dir) / "metrics.jsonl"
+        if not path.is_file():
+            return None
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("step") == step and "eval/accuracy" in row:
+                return {k: v for k, v in row.items() if k.startswith("eval/")}
+        return None
+
+    def _check_bad_steps(self, step: int, metrics: dict[str, float]) -> None:
+        """Count steps in a row whose update was dropped as non-finite; stop after ``max_bad_steps``."""
+        self.bad_steps = self.bad_steps + 1 if metrics.get("skipped_nonfinite", 0) > 0 else 0
+        if self.cfg.max_bad_steps and self.bad_steps >= self.cfg.max_bad_steps:
+            raise TrainingError(
+                f"stopping at step {step}: {self.bad_steps} steps in a row had a non-finite loss or gradient and were "
+                "skipped; lower learning_rate, check the rewards, or resume from the last checkpoint")
 
     def save_final(self) -> None:
         """``save_pretrained`` of the trained model and tokenizer to ``output_dir/final`` (main process)."""
