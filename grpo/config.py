@@ -282,9 +282,11 @@ def validate(cfg: GRPOConfig) -> None:
         raise ConfigError("config key 'rewards' is empty; give at least one reward, e.g. {accuracy: 1.0}")
     for name, spec in cfg.rewards.items():
         if isinstance(spec, dict):
-            bad = set(spec) - {"weight", "kwargs"}
+            bad = set(spec) - {"weight", "kwargs", "on_error"}
             if bad:
-                raise ConfigError(f"reward '{name}': unknown keys {sorted(bad)}; use {{weight: w, kwargs: {{...}}}}")
+                raise ConfigError(f"reward '{name}': unknown keys {sorted(bad)}; use {{weight: w, kwargs: {{...}}, on_error: raise|zero}}")
+            if spec.get("on_error", "raise") not in ("raise", "zero"):
+                raise ConfigError(f"reward '{name}': on_error must be raise or zero, got {spec['on_error']!r}")
             spec = spec.get("weight", 1.0)
         if isinstance(spec, bool) or not isinstance(spec, (int, float)):
             raise ConfigError(f"reward '{name}' weight must be a number, got {spec!r}")

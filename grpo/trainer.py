@@ -212,7 +212,8 @@ class Trainer:
         t0 = time.perf_counter()
         batch, rows = self.rollout()
         t1 = time.perf_counter()
-        rewards, per_reward = score(self.rewards, batch.completions, rows, batch.prompts)
+        rewards, per_reward, reward_metrics = score(self.rewards, batch.completions, rows, batch.prompts,
+                                                    completion_lengths=batch.lengths.tolist())
         t2 = time.perf_counter()
         advantages = self.advantages(rewards)
         self.logger.log_completions(step, batch, rows, rewards, per_reward, advantages)
@@ -226,6 +227,7 @@ class Trainer:
         t3 = time.perf_counter()
         m = self.logger.rollout_metrics(batch, rewards, per_reward, cfg.num_generations)
         m.update(update_metrics)
+        m.update(reward_metrics)  # rewards/<name>/errors, rewards/accuracy/timeouts, ...
         m.setdefault("skipped_update", 0.0)
         m["learning_rate"] = self.scheduler.get_last_lr()[0]
         m["time/rollout_s"], m["time/reward_s"], m["time/update_s"] = t1 - t0, t2 - t1, t3 - t2

@@ -1,0 +1,242 @@
+"""A small pool of math-verify worker processes with a hard per-call deadline.
+
+Why processes: math-verify's timeout uses ``signal.alarm``, which only works in the main thread (from any
+other thread it raises at once, and TRL switches it off there), and no signal can interrupt C-level work
+such as ``9**(9**9)`` anyway. Each worker (``rewards/_mv_worker.py``) is a separate Python process running
+math-verify in its own main thread, with a soft timer signal; when a call passes its hard deadline the
+parent kills the worker, scores the sample 0 with status ``timeout`` and starts a replacement. The parent
+only writes and reads pipes, so it gives the same verdicts from the main thread, a thread pool, a
+data-parallel rank or a forked process.
+
+Throughput: a batch's jobs are spread over all workers at once (one job in flight per worker), each
+worker caches parsed golds, and callers deduplicate and cache verdicts (``rewards/accuracy.py``).
+
+Workers are started lazily on the first call, exit when the parent closes their stdin (``atexit``) and, on
+Linux, are killed by the kernel if the parent dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import selectors
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+_WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_mv_worker.py")
+# Run the worker by path without putting its folder on sys.path (rewards/*.py must not shadow stdlib names).
+_LAUNCH = "import runpy, sys; sys.path = [p for p in sys.path if p]; runpy.run_path(sys.argv[1], run_name='__main__')"
+STARTUP_TIMEOUT_S = 120.0  # a cold import of sympy on a loaded 2-core machine can take seconds
+DEFAULT_MEMORY_MB = 4096  # address-space cap per worker: a runaway bigint raises MemoryError instead of swapping
+
+
+def default_workers() -> int:
+    """Pool size: one worker per core, at least 2 (one can be stuck until its deadline), at most 8."""
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+@dataclass
+class Result:
+    """One job's outcome: ``ok`` (verdict) and ``status``: ok, bad_gold, timeout, error, crash, unavailable."""
+
+    ok: bool
+    status: str
+
+
+class _Worker:
+    def __init__(self, memory_mb: int):
+        env = dict(os.environ, GRPO_ZERO_VERIFY_MEM_MB=str(memory_mb), GRPO_ZERO_VERIFY_PARENT=str(os.getpid()),
+                   OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, _WORKER_FILE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, close_fds=True)
+        self.fd = self.proc.stdout.fileno()
+        self.buf = b""
+        self.ready = False
+        self.born = time.monotonic()
+        self.job: int | None = None  # index of the job in flight
+        self.started = 0.0
+
+    def send(self, payload: dict) -> None:
+        self.proc.stdin.write(json.dumps(payload).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def read_lines(self) -> list[dict] | None:
+        """Complete messages available now; ``None`` when the worker has exited (EOF)."""
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            return None
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Polite stop: EOF on stdin ends the worker's loop; kill it if it does not exit promptly."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+
+class VerifyPool:
+    """``num_workers`` math-verify processes. ``run(jobs, deadline_s)`` -> one :class:`Result` per job.
+
+    Thread-safe: concurrent callers take turns (each call uses every worker).
+    """
+
+    def __init__(self, num_workers: int | None = None, memory_mb: int = DEFAULT_MEMORY_MB):
+        self.num_workers = num_workers or default_workers()
+        self.memory_mb = memory_mb
+        self.workers: list[_Worker] = []
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+        self.failed_starts = 0
+        self.broken: str | None = None  # set when workers cannot start at all (e.g. math-verify missing)
+        self.stats = {"timeouts": 0, "crashes": 0, "respawns": 0, "jobs": 0}
+
+    def _replace(self, w: _Worker) -> None:
+        w.kill()
+        self.workers[self.workers.index(w)] = _Worker(self.memory_mb)
+        self.stats["respawns"] += 1
+
+    def run(self, jobs: list[dict], deadline_s: float) -> list[Result]:
+        """Run ``jobs`` (worker requests, see ``_mv_worker.py``) with a hard deadline of ``deadline_s`` each.
+
+        The deadline counts from the moment a job is handed to an idle, started worker, so worker start-up
+        and queueing never count against a job.
+        """
+        results: list[Result | None] = [None] * len(jobs)
+        if not jobs:
+            return []
+        with self.lock:
+            if self.broken:
+                return [Result(False, "unavailable")] * len(jobs)
+            while len(self.workers) < self.num_workers:
+                self.workers.append(_Worker(self.memory_mb))
+            pending = deque(range(len(jobs)))
+            soft_s = 0.8 * deadline_s  # the worker's own timer: a clean 0 without a restart when sympy is interruptible
+            while pending or any(w.job is not None for w in self.workers):
+                now = time.monotonic()
+                for w in list(self.workers):
+                    if w.ready and w.job is None and pending:
+                        i = pending.popleft()
+                        try:
+                            w.send({**jobs[i], "soft_s": soft_s})
+                        except OSError:  # died while idle (e.g. the thread that started it ended): retry the job
+                            pending.appendleft(i)
+                            self._replace(w)
+                            continue
+                        w.job, w.started = i, now
+                waits = [w.started + deadline_s - now for w in self.workers if w.job is not None]
+                waits += [w.born + STARTUP_TIMEOUT_S - now for w in self.workers if not w.ready]
+                selector = selectors.PollSelector()
+                for w in self.workers:
+                    selector.register(w.fd, selectors.EVENT_READ, w)
+                events = selector.select(timeout=max(0.0, min(waits)) if waits else None)
+                selector.close()
+                for key, _ in events:
+                    self._on_readable(key.data, results)
+                if self.broken:
+                    for i in list(pending) + [w.job for w in self.workers if w.job is not None]:
+                        results[i] = Result(False, "unavailable")
+                    break
+                now = time.monotonic()
+                for w in list(self.workers):
+                    if w.job is not None and now >= w.started + deadline_s:
+                        results[w.job] = Result(False, "timeout")
+                        self.stats["timeouts"] += 1
+                        self._replace(w)
+                    elif not w.ready and now >= w.born + STARTUP_TIMEOUT_S:
+                        self._start_failed(w, f"a worker did not start within {STARTUP_TIMEOUT_S:.0f} s")
+            self.stats["jobs"] += len(jobs)
+        return [r or Result(False, "unavailable") for r in results]
+
+    def _on_readable(self, w: _Worker, results: list[Result | None]) -> None:
+        try:
+            messages = w.read_lines()
+        except (OSError, ValueError):
+            messages = None
+        if messages is None:  # the worker exited: a crash mid-job, or a failed start
+            if w.job is not None:
+                results[w.job] = Result(False, "crash")
+                self.stats["crashes"] += 1
+                w.job = None
+            if not w.ready:
+                self._start_failed(w, f"a worker exited during start-up (exit code {w.proc.poll()})")
+            else:
+                self._replace(w)
+            return
+        for msg in messages:
+            if msg.get("ready"):
+                w.ready = True
+                self.failed_starts = 0
+            elif w.job is not None:
+                results[w.job] = Result(bool(msg["ok"]), msg["status"])
+                w.job = None
+
+    def _start_failed(self, w: _Worker, why: str) -> None:
+        self.failed_starts += 1
+        if self.failed_starts >= 3:
+            self.broken = (f"math-verify workers cannot start ({why}); check that `python -c 'import math_verify'` "
+                           "works in this environment")
+            print(f"grpo-zero rewards: {self.broken}; math-verify checks now score 0", file=sys.stderr)
+            return
+        self._replace(w)
+
+    def close(self) -> None:
+        """Stop all workers (idempotent). Only the process that started them does anything."""
+        if os.getpid() != self.pid:
+            return
+        with self.lock:
+            workers, self.workers = self.workers, []
+        for w in workers:
+            w.close()
+
+
+_POOL: VerifyPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def get_pool(num_workers: int | None = None) -> VerifyPool:
+    """The process-wide pool (a forked child gets its own). ``num_workers`` resizes it when given."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL.pid != os.getpid():
+            _POOL = VerifyPool(num_workers)  # after a fork the parent's workers are not ours to use
+        elif num_workers and num_workers != _POOL.num_workers:
+            with _POOL.lock:
+                _POOL.num_workers = num_workers
+                for w in _POOL.workers[num_workers:]:
+                    w.close()
+                del _POOL.workers[num_workers:]
+        return _POOL
+
+
+def shutdown() -> None:
+    """Stop the pool's workers; the next call starts fresh ones. Registered with ``atexit``."""
+    global _POOL
+    with _POOL_LOCK:
+        pool, _POOL = _POOL, None
+    if pool is not None:
+        pool.close()
+
+
+atexit.register(shutdown)
