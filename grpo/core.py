@@ -288,6 +288,7 @@ def policy_loss(
     beta: float = 0.0,
     importance_sampling_level: str = "token",
     normalizer: float | None = None,
+    use_bias_correction_kl: bool = True,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped surrogate loss (PPO/GRPO) plus the k3 KL penalty, aggregated by ``loss_type``.
 
@@ -307,11 +308,15 @@ def policy_loss(
         importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO: one ratio per sequence,
             ``exp(mean_t(logp - old_logp))``).
         normalizer: ``dapo`` only: active tokens of the global batch divided by the world size.
+        use_bias_correction_kl: multiply the k3 term by the (differentiable) importance ratio, as TRL 1.16 does
+            by default (DeepSeek-V3.2): the samples come from the old policy, and weighting by ``ratio`` makes
+            the KL gradient the unbiased reverse-KL gradient, even on-policy where its value is 1.
 
     Returns:
         ``(loss, metrics)``: scalar loss; detached floats ``clip_ratio`` (share of active tokens, or of
         sequences at ``sequence`` level, where clipping removed the gradient), ``clip_ratio/low``,
-        ``clip_ratio/high`` and, when ``ref_logprobs`` is given, ``kl`` (masked mean of k3).
+        ``clip_ratio/high`` and, when ``ref_logprobs`` is given, ``kl`` (masked mean of the KL term, ratio-weighted
+        when ``use_bias_correction_kl``, as TRL logs it).
     """
     old_logprobs = logprobs.detach() if old_logprobs is None else old_logprobs
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
@@ -327,6 +332,8 @@ def policy_loss(
     metrics: dict[str, float] = {}
     if ref_logprobs is not None:
         kl = k3_kl(logprobs, ref_logprobs)  # (N, T)
+        if use_bias_correction_kl:
+            kl = kl * ratio  # ratio (N, T) or (N, 1): E_old[ratio * k3] = E_current[k3]
         if beta != 0.0:
             per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask).item()
