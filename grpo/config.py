@@ -76,6 +76,9 @@ class GRPOConfig:
     scale_rewards: str = _f("group", "Advantage scaling: group (GRPO), batch, or none (Dr. GRPO).")
     advantage_estimator: str = _f("grpo", "Advantage estimator: grpo (group mean baseline) or rloo (leave-one-out).")
     importance_sampling_level: str = _f("token", "token (GRPO) or sequence (GSPO) importance ratios.")
+    mask_truncated_completions: bool = _f(False, "Leave completions cut at max_completion_length out of the loss (DAPO).")
+    dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: drop groups whose rewards all agree and sample more prompts until the batch is full.")
+    max_sampling_rounds: int = _f(3, "Dynamic sampling: at most this many rollout rounds per step; then the batch is topped up with dropped groups.")
     num_iterations: int = _f(1, "mu: policy updates per rollout batch (1 = on-policy; ratio is then exactly 1).")
     # --- evaluation, logging, saving
     eval_steps: int = _f(10, "Evaluate on the held-out set every N steps (and before the first and after the last); 0 = never.")
@@ -248,7 +251,7 @@ def load_config(argv: list[str] | None = None) -> GRPOConfig:
 
 def validate(cfg: GRPOConfig) -> None:
     """Check values and their consistency before anything heavy is loaded. Raises ConfigError."""
-    positive = ["max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+    positive = ["max_sampling_rounds", "max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
                 "max_completion_length", "num_iterations", "eval_batch_size", "logging_steps"]
     for key in positive:
         if getattr(cfg, key) < 1:

@@ -108,3 +108,37 @@ class HFGenerateBackend:
         texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
         return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated,
                             [p for p in prompts for _ in range(num_generations)], texts)
+
+
+def _pad_to(x: Tensor, width: int, value: int, left: bool) -> Tensor:
+    """Pad (n, w) to (n, width) with ``value`` on the left or right."""
+    extra = width - x.size(1)
+    if extra <= 0:
+        return x
+    pad = x.new_full((x.size(0), extra), value)
+    return torch.cat([pad, x] if left else [x, pad], dim=1)
+
+
+def select(batch: RolloutBatch, idx: list[int]) -> RolloutBatch:
+    """The sequences ``idx`` of ``batch`` (same padding widths). -> RolloutBatch of len(idx)."""
+    t = torch.tensor(idx, dtype=torch.long, device=batch.prompt_ids.device)
+    return RolloutBatch(batch.prompt_ids[t], batch.prompt_mask[t], batch.completion_ids[t], batch.completion_mask[t],
+                        batch.truncated[t.to(batch.truncated.device)], [batch.prompts[i] for i in idx],
+                        [batch.completions[i] for i in idx])
+
+
+def concat(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """Stack rollout batches: prompts re-padded on the left, completions on the right. -> RolloutBatch."""
+    if len(batches) == 1:
+        return batches[0]
+    P = max(b.prompt_ids.size(1) for b in batches)
+    T = max(b.completion_ids.size(1) for b in batches)
+    return RolloutBatch(
+        torch.cat([_pad_to(b.prompt_ids, P, pad_token_id, left=True) for b in batches]),
+        torch.cat([_pad_to(b.prompt_mask, P, 0, left=True) for b in batches]),
+        torch.cat([_pad_to(b.completion_ids, T, pad_token_id, left=False) for b in batches]),
+        torch.cat([_pad_to(b.completion_mask, T, 0, left=False) for b in batches]),
+        torch.cat([b.truncated for b in batches]),
+        [p for b in batches for p in b.prompts],
+        [c for b in batches for c in b.completions],
+    )

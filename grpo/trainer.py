@@ -30,10 +30,10 @@ from grpo import core
 from grpo.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_logs, save_checkpoint
 from grpo.config import GRPOConfig
 from grpo.evaluate import evaluate
-from grpo.model import load_policy, load_reference, load_tokenizer
+from grpo.model import load_policy, load_reference, load_tokenizer, save_final
 from grpo.data import get_task
 from grpo.logging import MetricsLogger, tracker_names
-from grpo.rollout import HFGenerateBackend, RolloutBatch
+from grpo.rollout import HFGenerateBackend, RolloutBatch, concat, select
 from rewards.combine import build_rewards, score
 
 
@@ -95,6 +95,7 @@ class Trainer:
         self.prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations
 
         self.tokenizer = load_tokenizer(cfg)
+        self.task.bind_tokenizer(self.tokenizer)  # chat-template prompts are rendered with the model's tokenizer
         model = load_policy(cfg)
         self.ref_model = load_reference(cfg, acc.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -136,6 +137,64 @@ class Trainer:
         batch = self.backend.generate(model, [r["prompt"] for r in rows], self.cfg.num_generations)
         return batch, [r for r in rows for _ in range(self.cfg.num_generations)]
 
+    def score(self, batch: RolloutBatch, rows: list[dict]) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+        """Rewards for a rollout batch. -> total (N,), per reward (N,) (NaN = None), reward metrics."""
+        out = score(self.rewards, batch.completions, rows, batch.prompts, completion_lengths=batch.lengths.tolist())
+        return out[0], out[1], (out[2] if len(out) > 2 else {})
+
+    def collect(self) -> tuple[RolloutBatch, list[dict], Tensor, dict[str, Tensor], dict[str, float]]:
+        """Rollout and score B prompts; with ``dynamic_sampling``, keep only groups whose rewards differ.
+
+        DAPO's dynamic sampling: a group whose G rewards all agree has zero advantage and teaches nothing, so
+        it is dropped and more prompts are sampled until B groups with signal are found or
+        ``max_sampling_rounds`` is reached; then the batch is topped up with dropped groups (zero advantage)
+        so its shape stays fixed. Returns batch (N), rows (N), rewards (N,), per reward (N,), metrics.
+        """
+        cfg, G, B = self.cfg, self.cfg.num_generations, self.prompts_per_step
+        timing = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
+        kept: list[tuple] = []
+        spare: list[tuple] = []
+        rounds = seen = 0
+        reward_metrics: dict[str, float] = {}
+        while True:
+            t0 = time.perf_counter()
+            batch, rows = self.rollout()
+            t1 = time.perf_counter()
+            rewards, per_reward, reward_metrics_round = self.score(batch, rows)
+            timing["time/rollout_s"] += t1 - t0
+            timing["time/reward_s"] += time.perf_counter() - t1
+            for k, v in reward_metrics_round.items():
+                reward_metrics[k] = reward_metrics.get(k, 0.0) + v
+            rounds += 1
+            if not cfg.dynamic_sampling:
+                return batch, rows, rewards, per_reward, {**timing, **reward_metrics}
+            has_signal = core.group_reward_std(rewards, G) > 0  # (B,)
+            seen += B
+            for g in range(B):
+                (kept if has_signal[g] else spare).append((batch, rows, rewards, per_reward, g))
+            if len(kept) >= B or rounds >= cfg.max_sampling_rounds:
+                break
+        groups = (kept + spare)[:B]
+        batch, rows, rewards, per_reward = self._gather_groups(groups)
+        metrics = {**timing, **reward_metrics, "dynamic_sampling/rounds": float(rounds),
+                   "dynamic_sampling/signal_groups_frac": len(kept) / seen,
+                   "dynamic_sampling/filled_frac": min(len(kept), B) / B}
+        return batch, rows, rewards, per_reward, metrics
+
+    def _gather_groups(self, groups: list[tuple]) -> tuple[RolloutBatch, list[dict], Tensor, dict[str, Tensor]]:
+        """Assemble chosen groups (batch, rows, rewards, per_reward, group index) into one batch of N."""
+        G = self.cfg.num_generations
+        parts, rows, rewards, per_reward = [], [], [], {}
+        for batch, batch_rows, batch_rewards, batch_per_reward, g in groups:
+            idx = list(range(g * G, (g + 1) * G))
+            parts.append(select(batch, idx))
+            rows += [batch_rows[i] for i in idx]
+            rewards.append(batch_rewards[g * G : (g + 1) * G])
+            for name, vec in batch_per_reward.items():
+                per_reward.setdefault(name, []).append(vec[g * G : (g + 1) * G])
+        merged = concat(parts, self.tokenizer.pad_token_id)
+        return merged, rows, torch.cat(rewards), {k: torch.cat(v) for k, v in per_reward.items()}
+
     def advantages(self, rewards: Tensor) -> Tensor:
         """Advantages for this rank's N rewards. ``batch`` scaling uses the std over all ranks' rewards."""
         cfg, acc = self.cfg, self.accelerator
@@ -151,6 +210,8 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         N, mb = batch.completion_ids.size(0), cfg.per_device_train_batch_size
         mask = batch.completion_mask.float()
+        if cfg.mask_truncated_completions:  # DAPO: a cut-off answer is not evidence about the policy's answers
+            mask = mask * (~batch.truncated).float().unsqueeze(1).to(mask.device)
         advantages = advantages.to(acc.device)
         # dapo divides by the active tokens of the whole global batch; DDP then averages ranks.
         global_tokens = acc.reduce(mask.sum().to(acc.device), reduction="sum").item()
@@ -210,10 +271,7 @@ class Trainer:
         """One GRPO step; returns this step's metrics (gathered over ranks)."""
         cfg, acc = self.cfg, self.accelerator
         t0 = time.perf_counter()
-        batch, rows = self.rollout()
-        t1 = time.perf_counter()
-        rewards, per_reward, reward_metrics = score(self.rewards, batch.completions, rows, batch.prompts,
-                                                    completion_lengths=batch.lengths.tolist())
+        batch, rows, rewards, per_reward, collect_metrics = self.collect()
         t2 = time.perf_counter()
         advantages = self.advantages(rewards)
         self.logger.log_completions(step, batch, rows, rewards, per_reward, advantages)
@@ -227,16 +285,15 @@ class Trainer:
         t3 = time.perf_counter()
         m = self.logger.rollout_metrics(batch, rewards, per_reward, cfg.num_generations)
         m.update(update_metrics)
-        m.update(reward_metrics)  # rewards/<name>/errors, rewards/accuracy/timeouts, ...
         m.setdefault("skipped_update", 0.0)
         m["learning_rate"] = self.scheduler.get_last_lr()[0]
-        m["time/rollout_s"], m["time/reward_s"], m["time/update_s"] = t1 - t0, t2 - t1, t3 - t2
-        m["time/step_s"] = t3 - t0
+        m.update(collect_metrics)
+        m["time/update_s"], m["time/step_s"] = t3 - t2, t3 - t0
         counts = acc.reduce(torch.tensor([batch.lengths.sum().item(), len(batch.completions)], device=acc.device),
                             reduction="sum").tolist()
         total_tokens = counts[0]
         m["completions/count"] = int(counts[1])  # over all ranks: shows every rank contributed
-        m["throughput/completion_tokens_per_s"] = total_tokens / max(t1 - t0, 1e-9)
+        m["throughput/completion_tokens_per_s"] = total_tokens / max(m["time/rollout_s"], 1e-9)
         return m
 
     # --- evaluation --------------------------------------------------------------------------------------
@@ -341,11 +398,5 @@ class Trainer:
 
     def save_final(self) -> None:
         """``save_pretrained`` of the trained model and tokenizer to ``output_dir/final`` (main process)."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        out = f"{self.cfg.output_dir}/final"
-        model = acc.unwrap_model(self.model)
-        model.save_pretrained(out, is_main_process=acc.is_main_process, save_function=acc.save,
-                              state_dict=acc.get_state_dict(self.model))
-        if acc.is_main_process:
-            self.tokenizer.save_pretrained(out)
+        # A LoRA run saves its adapter, or with save_merged the base with the adapter merged in (grpo/model.py).
+        save_final(self.model, self.tokenizer, f"{self.cfg.output_dir}/final", self.cfg.save_merged, self.accelerator)
