@@ -225,7 +225,10 @@ def aggregate_dapo(
     ``num_items_in_batch / num_processes``): DDP averages gradients over ranks, so the summed micro-batch
     losses are the sum over all tokens / all active tokens (DAPO's token-level loss).
     """
-    denom = mask.sum().clamp(min=1.0) if normalizer is None else max(float(normalizer), 1.0)
+    if normalizer is None:
+        denom = mask.sum().clamp(min=1.0)
+    else:  # may be < 1 (one token over two ranks); only a batch with no tokens at all gives 0 (then the sum is 0)
+        denom = float(normalizer) if normalizer > 0 else 1.0
     return (per_token * mask).sum() / denom
 
 

@@ -123,6 +123,7 @@ SEQ0, SEQ1 = -(1.28 + 0.5 + 1.1), 0.8 + 1.3
         ("dr_grpo", {"max_completion_length": 4}, (SEQ0 + SEQ1) / (2 * 4)),
         ("dapo", {}, (SEQ0 + SEQ1) / 5),
         ("dapo", {"normalizer": 10.0}, (SEQ0 + SEQ1) / 10),
+        ("dapo", {"normalizer": 0.5}, (SEQ0 + SEQ1) / 0.5),  # 1 token over 2 ranks: not clamped to 1
     ],
 )
 def test_clipped_loss_hand_values(loss_type: str, kwargs: dict, expected: float) -> None:
