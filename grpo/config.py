@@ -341,9 +341,12 @@ def _check_names(cfg: GRPOConfig) -> None:
         except KeyError as e:
             raise ConfigError(e.args[0]) from None
     try:
-        get_task(cfg.task, **cfg.task_kwargs)
+        task = get_task(cfg.task, **cfg.task_kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"task '{cfg.task}': {e}") from None
+    from grpo.data import check_rewards_match
+
+    check_rewards_match(task, cfg.rewards)  # e.g. the R1 format reward on a \boxed prompt
 
 
 # report_to name -> (modules any of which makes it work, the pip extra that installs one)

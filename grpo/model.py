@@ -1,30 +1,244 @@
-"""Loading the policy (and, when ``beta > 0``, the reference model) and its tokenizer."""
+"""Loading the policy (and, when ``beta > 0``, the reference model) and its tokenizer; saving the result.
+
+Options (all in :class:`GRPOConfig`): ``dtype``, ``attn_implementation``, ``gradient_checkpointing``,
+``trust_remote_code`` (off by default) and LoRA through peft (``use_peft``, ``lora_r``, ``lora_alpha``,
+``lora_dropout``, ``lora_target_modules``).
+
+Precision. ``dtype: auto`` keeps weights that train in float32 and lets accelerate compute in bf16
+(``--mixed_precision bf16``): an AdamW step at lr 1e-6 is about 1e-6 in absolute size, far below bf16's
+resolution near a typical weight (~1e-4), so pure-bf16 weights would silently ignore most updates. A frozen
+LoRA base has no such problem and loads in bf16 on GPU (half the memory); peft keeps the adapter in float32.
+
+With LoRA and ``beta > 0`` there is no second copy of the model: the reference is the same network with the
+adapter switched off (:func:`reference_context`).
+"""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from grpo.config import GRPOConfig, resolve_model_path
+from grpo.config import ConfigError, GRPOConfig, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "float32": torch.float32, "fp32": torch.float32}
+
+
+class ModelLoadError(ConfigError):
+    """A model or tokenizer that cannot be loaded; one line saying what was tried and how to run offline."""
+
+
+def resolve_dtype(dtype: str, use_peft: bool, cuda: bool | None = None) -> torch.dtype:
+    """The torch dtype for the weights: ``auto`` is bf16 for a frozen LoRA base on GPU, else float32."""
+    if dtype == "auto":
+        cuda = torch.cuda.is_available() if cuda is None else cuda
+        return torch.bfloat16 if (cuda and use_peft) else torch.float32
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be auto, bfloat16, float16 or float32; got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def _load_error(what: str, name: str, e: Exception) -> ModelLoadError:
+    path = resolve_model_path(name)
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    tried = f"local folder {path}" if Path(path).exists() else f"no local folder {name!r}, then the Hugging Face hub"
+    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    return ModelLoadError(
+        f"cannot load {what} {name!r}: tried {tried}{offline}: {reason}; to run offline pass a local model folder as "
+        "model_name_or_path, or download it once (huggingface-cli download NAME) and set HF_HUB_OFFLINE=1"
+    )
 
 
 def load_tokenizer(cfg: GRPOConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, with a pad token (EOS when the model has none)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model_name_or_path))
+    """The model's tokenizer, with a pad token (EOS when the model has none).
+
+    Raises:
+        ModelLoadError: the name is neither a local folder nor reachable on the hub.
+    """
+    name = cfg.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, ImportError) as e:
+        raise _load_error("tokenizer", name, e) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
+def _from_pretrained(cfg: GRPOConfig, dtype: torch.dtype) -> PreTrainedModel:
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model_name_or_path), **kwargs)
+    except (OSError, ValueError, ImportError) as e:
+        raise _load_error("model", cfg.model_name_or_path, e) from None
+
+
 def load_policy(cfg: GRPOConfig) -> PreTrainedModel:
-    """The trainable policy, on CPU (``accelerator.prepare`` moves it)."""
-    return AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model_name_or_path))
+    """The trainable policy, on CPU (``accelerate.prepare`` moves it): full model, or a peft LoRA model.
+
+    The LoRA adapter is initialised under its own seed (``cfg.seed``), independent of the process rank and of
+    anything drawn before, so two runs with one seed start from the same adapter (unlike TRL #6688).
+    """
+    dtype = resolve_dtype(cfg.dtype, cfg.use_peft)
+    if dtype != torch.float32 and not cfg.use_peft:
+        log.warning("dtype %s with full fine-tuning: AdamW steps smaller than the dtype's resolution are lost; prefer "
+                    "dtype float32 (or auto) with `accelerate launch --mixed_precision bf16`", dtype)
+    model = _from_pretrained(cfg, dtype)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora_target_modules
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                          target_modules="all-linear" if targets == ["all-linear"] else list(targets))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            try:
+                model = get_peft_model(model, lora)
+            except ValueError as e:
+                raise ConfigError(f"lora_target_modules {targets}: {str(e).splitlines()[0][:200]}; use [all-linear] or "
+                                  "names of the model's linear layers (e.g. q_proj, v_proj)") from None
+    return model
 
 
 def load_reference(cfg: GRPOConfig, device: torch.device) -> PreTrainedModel | None:
-    """A frozen copy of the base model for the KL term; ``None`` when ``beta == 0`` (nothing loaded)."""
-    if cfg.beta <= 0:
+    """A frozen copy of the base model for the KL term.
+
+    ``None`` when ``beta == 0`` (no KL), and ``None`` with LoRA: the reference is then the policy with its
+    adapter switched off, see :func:`reference_context`.
+    """
+    if cfg.beta <= 0 or cfg.use_peft:
         return None
-    ref = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model_name_or_path)).to(device).eval()
+    # A frozen model takes no optimizer steps, so bf16 costs it nothing on GPU.
+    dtype = resolve_dtype(cfg.dtype, use_peft=True) if cfg.dtype == "auto" else resolve_dtype(cfg.dtype, False)
+    ref = _from_pretrained(cfg, dtype).to(device).eval()
     ref.requires_grad_(False)
     return ref
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """Peel DDP / FSDP / compile wrappers (``.module``, ``._orig_mod``) off ``model``."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    """True when ``model`` (possibly wrapped by accelerate) is a peft model with adapters."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(_unwrap(model), PeftModel)
+
+
+def reference_context(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Context in which ``model`` computes the reference policy's log-probs.
+
+    For a LoRA model: the adapter is switched off, so the forward pass is the frozen base model's. For a full
+    model: a no-op (the trainer then uses the separate reference model). Usage in the trainer::
+
+        with torch.no_grad(), reference_context(self.model):
+            ref = self.completion_logprobs(self.model, batch, s)
+    """
+    if is_peft_model(model):
+        return _unwrap(model).disable_adapter()
+    return contextlib.nullcontext()
+
+
+def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike, merge: bool,
+               accelerator: Any = None) -> str:
+    """Save the trained model and tokenizer to ``out`` (every rank must call it; the main process writes).
+
+    A full model is saved as is. A LoRA model is saved as its adapter (``adapter_config.json`` +
+    ``adapter_model.safetensors``: load with ``peft.AutoPeftModelForCausalLM`` or ``python -m grpo.evaluate``)
+    or, with ``merge``, as a plain model with the adapter merged into the base weights.
+
+    Args:
+        model: the trained model, as prepared by ``accelerator`` (or a plain model without one).
+        tokenizer: saved beside the weights.
+        out: the folder.
+        merge: merge a LoRA adapter into the base before saving.
+        accelerator: the run's accelerator; with ZeRO-3 / FSDP the full state dict is gathered through it.
+
+    Returns:
+        What was saved: ``"model"``, ``"adapter"`` or ``"merged"``.
+    """
+    out = str(out)
+    main = accelerator is None or accelerator.is_main_process
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    inner = _unwrap(model) if accelerator is None else accelerator.unwrap_model(model)
+    sharded = accelerator is not None and accelerator.distributed_type.name in ("DEEPSPEED", "FSDP")
+    state_dict = accelerator.get_state_dict(model) if sharded else None  # a collective: every rank joins
+    kind = "model"
+    if is_peft_model(inner):
+        kind = "merged" if merge else "adapter"
+        if merge and not sharded:
+            if main:
+                inner.merge_and_unload().save_pretrained(out)  # the run is over: merging in place is fine
+        elif main:
+            inner.save_pretrained(out, state_dict=state_dict)
+            if merge:  # weights were sharded: merge from the saved adapter on the main process, on CPU
+                _merge_saved_adapter(out)
+    elif main:
+        inner.save_pretrained(out, state_dict=state_dict)
+    if main:
+        tokenizer.save_pretrained(out)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return kind
+
+
+def _merge_saved_adapter(folder: str) -> None:
+    """Replace the adapter saved in ``folder`` by the merged model (base + adapter), computed on CPU."""
+    from peft import AutoPeftModelForCausalLM
+
+    merged = AutoPeftModelForCausalLM.from_pretrained(folder, dtype="auto").merge_and_unload()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        (Path(folder) / name).unlink(missing_ok=True)
+    merged.save_pretrained(folder)
+
+
+def load_for_eval(name: str, dtype: str = "auto", trust_remote_code: bool = False,
+                  attn_implementation: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A saved model for evaluation: a full model folder, a LoRA adapter folder, or a hub name.
+
+    Raises:
+        ModelLoadError: the name cannot be reached.
+    """
+    path = resolve_model_path(name)
+    torch_dtype = resolve_dtype(dtype, use_peft=True)  # inference only: bf16 on GPU, float32 on CPU
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        if (Path(path) / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ImportError) as e:
+        raise _load_error("model", name, e) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
