@@ -6,6 +6,9 @@ Protocol: the parent writes one JSON object per line on stdin and reads one per 
   ``ok`` is True when every prediction verifies against the gold (``verify(gold, pred)``, gold FIRST).
 - ``{"op": "gold", "gold": str, "soft_s": float}`` -> ``{"ok": bool, "status": str}``: does the gold parse?
 
+- ``{"op": "hang", "seconds": float}``: test hook; sleeps with the timer signal blocked, standing for C code
+  that ignores signals, which only the parent's hard deadline stops.
+
 ``status`` is ``ok``, ``bad_gold`` (the gold parses to nothing), ``timeout`` (the soft timer fired) or
 ``error`` (parsing raised). The worker runs in its own process, in its main thread, so a timer signal can
 interrupt sympy between bytecodes (the soft timeout); C-level work such as a huge integer power cannot be
@@ -21,6 +24,7 @@ import re
 import resource
 import signal
 import sys
+import time
 from functools import lru_cache
 
 
@@ -64,7 +68,9 @@ def main() -> None:
     # math-verify's own timeouts use signal.alarm, which would cancel our timer: switch them off.
     @lru_cache(maxsize=4096)
     def parse_gold(gold: str) -> list:
-        return parse("$" + gold + "$", parsing_timeout=None) or parse(gold, parsing_timeout=None)
+        found = parse("$" + gold + "$", parsing_timeout=None) or parse(gold, parsing_timeout=None)
+        # Only the raw-string fallback matched: nothing was understood, so the gold is unusable.
+        return found if any(not isinstance(x, str) for x in found) else []
 
     def parse_pred(pred: str) -> list:
         if _WORDS.search(_TEXT_CMD.sub(" ", pred)):
@@ -74,6 +80,11 @@ def main() -> None:
         return parse("$" + pred + "$", parsing_timeout=None)
 
     def handle(req: dict) -> dict:
+        if req["op"] == "hang":  # test hook: C code that ignores signals, which only the hard deadline stops
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            time.sleep(float(req.get("seconds", 3600)))
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+            return {"ok": False, "status": "ok"}
         gold = parse_gold(req["gold"])
         if not gold:
             return {"ok": False, "status": "bad_gold"}

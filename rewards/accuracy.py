@@ -3,7 +3,8 @@
 Extraction (``answer_format``):
 
 - ``r1`` (default): the content of the single ``<answer>…</answer>`` block; if it holds ``\\boxed{}``, that box.
-  Several answer blocks, tags nested inside the block, or an unclosed block score 0.
+  Several answer blocks, tags nested inside the block, an unclosed block, or a block inside an open
+  ``<think>`` score 0.
 - ``boxed``: the ``\\boxed{}`` of the completion (Qwen-Math style templates).
 - ``auto``: ``r1`` when the completion has an ``<answer>`` tag, else ``boxed``.
 
@@ -139,6 +140,9 @@ def extract_answer(text: str, answer_format: str = "r1", max_chars: int = 65536)
             return None
         start, end = text.index(ANSWER_OPEN) + len(ANSWER_OPEN), text.index(ANSWER_CLOSE)
         body = text[start:end] if end >= start else ""
+        before = text[:start]
+        if before.count("<think>") > before.count("</think>"):
+            return None  # the answer sits inside an open think block: it is a thought, not the answer
         if not body.strip() or any(tag in body for tag in _TAGS):
             return None
         boxes = boxed_contents(body)

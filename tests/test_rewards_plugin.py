@@ -1,0 +1,59 @@
+"""A verifier in the user's own module, named only in the YAML config, is picked up by ``train.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+USER_MODULE = '''
+import rewards
+
+
+def myreward(completions, answer, **columns):
+    """1.0 if the completion mentions the gold answer anywhere (a deliberately loose check)."""
+    rewards.report("calls", 1)
+    return [1.0 if a in c else 0.0 for c, a in zip(completions, answer)]
+
+
+def broken(completions, **columns):
+    raise RuntimeError("my verifier is broken")
+'''
+
+
+def _train(tmp_path: Path, reward_spec: dict) -> subprocess.CompletedProcess:
+    (tmp_path / "mymod.py").write_text(USER_MODULE)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_name_or_path": "models/tiny-base", "task": "arithmetic", "rewards": reward_spec,
+        "num_generations": 8, "max_completion_length": 40, "learning_rate": 1.0e-4, "cpu_threads": 1,
+    }))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--output_dir", str(tmp_path / "out"),
+           "--max_steps", "1", "--eval_steps", "0", "--per_device_train_batch_size", "16",
+           "--save_final_model", "false"]
+    return subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_picks_up_user_verifier_by_config_alone(tmp_path):
+    proc = _train(tmp_path, {"mymod:myreward": 1.0, "format": 0.1})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in rows if r.get("step") == 1 and "reward" in r)
+    assert 0.0 <= step["rewards/mymod:myreward/mean"] <= 1.0
+    assert step["rewards/mymod:myreward/calls"] == 1
+    assert step["rewards/mymod:myreward/errors"] == 0
+    assert "rewards/format/mean" in step
+
+
+def test_train_stops_with_one_clear_error_from_a_raising_verifier(tmp_path):
+    proc = _train(tmp_path, {"mymod:broken": 1.0})
+    assert proc.returncode != 0
+    assert "reward 'mymod:broken' failed on sample 0" in proc.stderr
+    assert "RuntimeError: my verifier is broken" in proc.stderr
