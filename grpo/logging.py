@@ -161,7 +161,7 @@ def summary_lines(summary: dict, train_rows: list[dict], out: Path, files: list[
             if math.isfinite(a) or math.isfinite(b):
                 parts.append(f"{label} {_fmt(a, spec)} -> {_fmt(b, spec)}")
         if parts:
-            lines.append(f"  train (mean of first vs last {window} steps): " + ", ".join(parts))
+            lines.append(f"  train (mean of first vs last {window} step{'s' if window > 1 else ''}): " + ", ".join(parts))
     lines.append(f"  files in {out}: " + ", ".join(files))
     return lines
 
