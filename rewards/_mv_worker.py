@@ -39,7 +39,7 @@ def _on_alarm(signum, frame):
 # Three or more plain letters in a row outside a LaTeX command or \text{}: the answer has words
 # ("18 dollars"), which LaTeX parsing would read as a product of variables. Then parse it as text.
 _WORDS = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
-_TEXT_CMD = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{[^{}]*\}")
+_TEXT_CMD = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{[^{}]*\}|\\[A-Za-z]+\s*\{[A-Za-z*]*\}")  # \begin{pmatrix}
 
 
 def _die_with_parent() -> None:

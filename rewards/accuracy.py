@@ -42,7 +42,8 @@ _TAGS = ("<answer", "</answer", "<think", "</think")
 _BOX = re.compile(r"\\(?:boxed|fbox)")
 # math delimiters and wrappers that carry no meaning around a final answer
 _WRAPPERS = [(r"\(", r"\)"), (r"\[", r"\]"), ("$$", "$$"), ("$", "$")]
-_SPACING = re.compile(r"\\[,!;: ]|~|\\quad|\\qquad|\\displaystyle|\\left|\\right")
+# LaTeX spacing commands; "\\\\ " (a matrix row break, two backslashes) must survive, hence the lookbehind
+_SPACING = re.compile(r"(?<!\\)(?:\\[,!;: ]|\\quad|\\qquad|\\displaystyle|\\left|\\right)|~")
 _TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}$")
 _THOUSANDS = re.compile(r"(?<=\d)(?:,|\{,\}|\\,| )(?=\d{3}(?!\d))")
 _FRAC = re.compile(r"^([-+]?)\\[dt]?frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))$")
@@ -301,6 +302,9 @@ def _gold_structure(answer: str) -> Gold:
                 relation=bool(_RELATION.search(text)), pathological=is_pathological(text))
 
 
+_GOLD_CHECKED: dict = {}  # gold text -> math-verify's Result, so reloading a dataset does not re-parse
+
+
 def parse_golds(answers: list, deadline_s: float = 10.0) -> list[Gold]:
     """Parse and check many gold answers at once (dataset load); non-numbers are checked by math-verify.
 
@@ -310,20 +314,23 @@ def parse_golds(answers: list, deadline_s: float = 10.0) -> list[Gold]:
     golds = []
     for i, answer in enumerate(answers):
         if answer is None or (not isinstance(answer, (str, int, float, Fraction)) or isinstance(answer, bool)):
-            raise ValueError(f"gold answer of row {i} is {answer!r}; column 'answer' must hold strings")
+            raise ValueError(f"row {i}: gold answer is {answer!r}; column 'answer' must hold strings")
         try:
             golds.append(_gold_structure(str(answer)))
         except ValueError as e:
             raise ValueError(f"row {i}: {e}") from None
-    todo = sorted({g.text for g in golds if g.number is None})
+    todo = sorted({g.text for g in golds if g.number is None} - set(_GOLD_CHECKED))
     if todo:
-        results = dict(zip(todo, get_pool().run([{"op": "gold", "gold": t} for t in todo], deadline_s)))
-        for i, g in enumerate(golds):
-            res = results.get(g.text)
-            if res is not None and not res.ok:
-                why = {"timeout": f"parsing it took longer than {deadline_s} s",
-                       "bad_gold": "math-verify finds no expression in it"}.get(res.status, f"math-verify {res.status}")
-                raise ValueError(f"row {i}: gold answer {answers[i]!r} cannot be parsed ({why}); fix or drop the row")
+        fresh = dict(zip(todo, get_pool().run([{"op": "gold", "gold": t} for t in todo], deadline_s)))
+        _GOLD_CHECKED.update({t: r for t, r in fresh.items() if r.status in ("ok", "bad_gold", "timeout")})
+    else:
+        fresh = {}
+    for i, g in enumerate(golds):
+        res = fresh.get(g.text) or _GOLD_CHECKED.get(g.text)
+        if res is not None and not res.ok:
+            why = {"timeout": f"parsing it took longer than {deadline_s} s",
+                   "bad_gold": "math-verify finds no expression in it"}.get(res.status, f"math-verify {res.status}")
+            raise ValueError(f"row {i}: gold answer {answers[i]!r} cannot be parsed ({why}); fix or drop the row")
     return golds
 
 
