@@ -546,6 +546,7 @@ class DatasetSpec:
     prefill_think: bool = False
     system_prompt: str | None = None
     on_bad_row: str = "error"
+    eval_only: bool = False  # load only the eval rows (standalone evaluation); the train stream is then empty
 
 
 def dataset_task(name: str, spec: DatasetSpec, normalize: Callable[[dict], dict | None],
@@ -555,11 +556,14 @@ def dataset_task(name: str, spec: DatasetSpec, normalize: Callable[[dict], dict 
         raise DataError(f"on_bad_row must be 'error' or 'skip', got {spec.on_bad_row!r}")
     if spec.template not in TEMPLATES and "{question}" not in spec.template:
         raise DataError(f"unknown template {spec.template!r}; use one of {', '.join(TEMPLATES)} or a string with {{question}}")
-    raw = load_rows(spec.path, spec.name, spec.split)
-    if spec.max_train is not None:
-        raw = raw[: spec.max_train]
-    train, bad = normalize_rows(raw, normalize, f"{name} {spec.path} [{spec.split}]", spec.on_bad_row, golds)
-    if spec.eval_split is None and spec.eval_path is None:
+    held_out = spec.eval_split is None and spec.eval_path is None
+    train, bad = [], 0
+    if held_out or not spec.eval_only:
+        raw = load_rows(spec.path, spec.name, spec.split)
+        if spec.max_train is not None:
+            raw = raw[: spec.max_train]
+        train, bad = normalize_rows(raw, normalize, f"{name} {spec.path} [{spec.split}]", spec.on_bad_row, golds)
+    if held_out:
         n_eval = spec.num_eval if spec.num_eval is not None else min(256, len(train) // 10)
         if n_eval >= len(train):
             raise DataError(f"{name}: {len(train)} train rows cannot spare {n_eval} for evaluation; lower num_eval")
@@ -573,7 +577,7 @@ def dataset_task(name: str, spec: DatasetSpec, normalize: Callable[[dict], dict 
                                          spec.on_bad_row, golds)
         if spec.num_eval is not None:
             evals = evals[: spec.num_eval]
-    if not train:
+    if not train and not spec.eval_only:
         raise DataError(f"{name}: no usable train rows in {spec.path} [{spec.split}]; check the path, split and filters")
     if not evals:
         raise DataError(f"{name}: no usable eval rows; check eval_path / eval_split, or set eval_split: null to hold "

@@ -135,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a training recipe: task, task_kwargs, rewards and eval settings come from it")
     p.add_argument("--task", help="registered task (gsm8k, math, countdown, dataset, arithmetic)")
     p.add_argument("--task_kwargs", help="YAML/JSON mapping, e.g. '{path: data/test.jsonl, template: r1}'")
+    p.add_argument("--data", help="score these rows instead of the task's test split: a local .jsonl/.parquet/.csv "
+                   "file or a hub dataset (its 'test' split), in the task's raw format")
     p.add_argument("--template", help="prompt template override: r1, qwen_math, chat, plain")
     p.add_argument("--num_eval", type=int, help="score only the first N eval rows")
     p.add_argument("--reward", help="the reward that decides right/wrong (default: accuracy, or the recipe's eval_reward)")
@@ -188,6 +190,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     s["task_kwargs"].update(_yaml(args.task_kwargs, "--task_kwargs"))
+    if args.data:
+        s["task_kwargs"].update(eval_path=args.data, eval_split=s["task_kwargs"].get("eval_split") or "test")
+    if s["task"] != "arithmetic":
+        s["task_kwargs"]["eval_only"] = True  # the train split is not needed to score a model
     if args.template:
         s["task_kwargs"]["template"] = args.template
     if args.num_eval is not None:

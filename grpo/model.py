@@ -49,10 +49,10 @@ def resolve_dtype(dtype: str, use_peft: bool, cuda: bool | None = None) -> torch
 def _load_error(what: str, name: str, e: Exception) -> ModelLoadError:
     path = resolve_model_path(name)
     reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-    tried = f"local folder {path}" if Path(path).exists() else f"no local folder {name!r}, then the Hugging Face hub"
+    tried = f"the local folder {path}" if Path(path).exists() else "it is not a local folder; the Hugging Face hub"
     offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
     return ModelLoadError(
-        f"cannot load {what} {name!r}: tried {tried}{offline}: {reason}; to run offline pass a local model folder as "
+        f"cannot load {what} {name!r}: {tried}{offline} said: {reason}; to run offline pass a local model folder as "
         "model_name_or_path, or download it once (huggingface-cli download NAME) and set HF_HUB_OFFLINE=1"
     )
 
@@ -116,19 +116,40 @@ def load_policy(cfg: GRPOConfig) -> PreTrainedModel:
     return model
 
 
-def load_reference(cfg: GRPOConfig, device: torch.device) -> PreTrainedModel | None:
-    """A frozen copy of the base model for the KL term.
+def load_reference(cfg: GRPOConfig, device: torch.device, policy: torch.nn.Module | None = None) -> torch.nn.Module | None:
+    """The frozen reference model for the KL term; ``None`` when ``beta == 0`` (nothing loaded).
 
-    ``None`` when ``beta == 0`` (no KL), and ``None`` with LoRA: the reference is then the policy with its
-    adapter switched off, see :func:`reference_context`.
+    With LoRA (and ``policy`` given) there is no second copy: the reference is the policy itself with its adapter
+    switched off (:class:`AdapterOffReference`). Without ``policy`` a LoRA run gets ``None``, and the caller uses
+    :func:`reference_context` around the policy's forward pass instead.
     """
-    if cfg.beta <= 0 or cfg.use_peft:
+    if cfg.beta <= 0:
         return None
+    if cfg.use_peft:
+        return AdapterOffReference(policy) if policy is not None else None
     # A frozen model takes no optimizer steps, so bf16 costs it nothing on GPU.
     dtype = resolve_dtype(cfg.dtype, use_peft=True) if cfg.dtype == "auto" else resolve_dtype(cfg.dtype, False)
     ref = _from_pretrained(cfg, dtype).to(device).eval()
     ref.requires_grad_(False)
     return ref
+
+
+class AdapterOffReference(torch.nn.Module):
+    """The reference policy of a LoRA run: the policy's own forward pass with its adapter switched off.
+
+    Holds the policy without registering it as a submodule (no parameters twice, nothing for an optimizer or
+    ``accelerate.prepare`` to see). Forward runs without gradients. With DDP, ZeRO and FSDP2 the policy's
+    modules keep their own hooks, so calling them directly works; FSDP1's flat root parameters do not.
+    """
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        object.__setattr__(self, "policy", policy)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's outputs for the same inputs as the policy (logits (n, L, V))."""
+        with torch.no_grad(), reference_context(self.policy):
+            return self.policy(*args, **kwargs)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
