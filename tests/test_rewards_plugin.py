@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+import rewards
+from rewards.combine import build_rewards, score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +61,32 @@ def test_train_stops_with_one_clear_error_from_a_raising_verifier(tmp_path):
     assert proc.returncode != 0
     assert "reward 'mymod:broken' failed on sample 0" in proc.stderr
     assert "RuntimeError: my verifier is broken" in proc.stderr
+
+
+UNIT_CASES = {
+    "same unit": ("3000 m", "3000 m", 1.0),
+    "converted": ("3000 m", "3 km", 1.0),
+    "plural word": ("3000 meters", "3 km", 1.0),
+    "latex text unit": ("$3\\text{ km}$", "3000 m", 1.0),
+    "thousands": ("3,000 m", "3 km", 1.0),
+    "wrong value": ("300 m", "3 km", 0.0),
+    "wrong dimension": ("3 kg", "3 km", 0.0),
+    "no unit in answer": ("3", "3 km", 0.0),
+    "gold without unit": ("3 km", "3", None),
+}
+
+
+@pytest.mark.parametrize("pred,gold,expected", UNIT_CASES.values(), ids=UNIT_CASES.keys())
+def test_example_unit_verifier(pred, gold, expected):
+    fn = rewards.get("examples.unit_verifier:unit_reward")  # resolved by dotted path, as the YAML does
+    assert fn(completions=[f"<think>convert</think><answer>{pred}</answer>"], answer=[gold]) == [expected]
+
+
+def test_example_unit_verifier_through_score():
+    specs = build_rewards({"examples.unit_verifier:unit_reward": {"kwargs": {"rel_tol": 1e-6}, "on_error": "zero"}})
+    completions = ["<answer>3000 m</answer>", "<answer>3 kg</answer>", "<answer>1</answer>"]
+    rows = [{"answer": "3 km"}, {"answer": "3 km"}, {"answer": "1"}]
+    total, per, metrics = score(specs, completions, rows, ["p"] * 3)
+    assert total.tolist() == [1.0, 0.0, 0.0]
+    assert per["examples.unit_verifier:unit_reward"][:2].tolist() == [1.0, 0.0]
+    assert metrics["rewards/examples.unit_verifier:unit_reward/wrong_dimension"] == 1.0
