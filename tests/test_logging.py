@@ -301,6 +301,24 @@ def test_rollout_metrics_lengths_percentiles_and_reasoning(tmp_path):
     assert m["reasoning/think_chars"] == pytest.approx((7 + 4 + 1 + 3) / 4)  # no tokenizer given: characters
 
 
+def test_think_length_counts_tokens_with_the_tokenizer(tmp_path):
+    class WordTokenizer:  # a stand-in whose "tokens" are words, so tokens and characters differ
+        calls = 0
+
+        def __call__(self, texts, add_special_tokens=True):
+            WordTokenizer.calls += 1
+            assert isinstance(texts, list) and not add_special_tokens
+            return {"input_ids": [t.split() for t in texts]}
+
+    logger = make_logger(tmp_path)
+    logger.tokenizer = WordTokenizer()
+    texts = ["<think>six plus two</think>x", "none", "<think>a b c d e</think>", "z</think>", "", "q", "r", "s"]
+    batch = make_batch(texts, lengths=[3] * 8, truncated=[False] * 8)
+    m = logger.rollout_metrics(batch, torch.zeros(8), {}, group_size=4)
+    assert m["reasoning/think_length"] == pytest.approx((3 + 5 + 1) / 3) and "reasoning/think_chars" not in m
+    assert WordTokenizer.calls == 1  # one batched call per step
+
+
 def test_log_completions_cadence_and_fields(tmp_path):
     logger = make_logger(tmp_path, max_steps=25, log_completions_steps=10)
     logger.start()
