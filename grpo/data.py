@@ -419,7 +419,7 @@ def validate_golds(rows: list[dict], indices: list[int], source: str, on_bad_row
             k = int(msg.split(":", 1)[0].removeprefix("row ")) if msg.startswith("row ") and ":" in msg else None
             if k is None or not 0 <= k < len(rows):
                 raise DataError(f"{source}: gold answers cannot be parsed: {msg[:200]}") from None
-            reason = msg.split(":", 1)[1].strip()[:200]
+            reason = msg.split(":", 1)[1].strip().removesuffix("; fix or drop the row")[:200]
             if on_bad_row == "error":
                 raise DataError(f"{source}: bad row {indices[k]}: {reason}; fix the data or set "
                                 "task_kwargs.on_bad_row: skip") from None
@@ -627,6 +627,8 @@ def gsm8k_task(**kwargs: Any) -> Task:
 
 def _text(row: dict, key: str) -> str:
     value = row[key]
+    if value is None:  # a column absent from some rows of a JSONL file loads as None
+        raise ValueError(f"column {key!r} is missing")
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"column {key!r} is empty or not text")
     return value
