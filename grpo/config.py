@@ -56,11 +56,17 @@ class GRPOConfig:
     num_generations: int = _f(8, "G: completions sampled per prompt (the group for advantages).")
     per_device_train_batch_size: int = _f(128, "Completions per micro-batch per process; x gradient_accumulation_steps must be divisible by num_generations.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step; the rollout batch per process is per_device_train_batch_size x this.")
+    update_buckets: int = _f(4, "Each micro-batch is sorted by length and cut into this many buckets for the update, each padded only to its own longest sequence (less padding, same gradient).")
     max_completion_length: int = _f(80, "Most tokens a completion may have; longer ones are cut (truncated).")
     # --- sampling
     temperature: float = _f(1.0, "Sampling temperature for rollouts (log-probs use the same temperature).")
     top_p: float = _f(1.0, "Nucleus sampling for rollouts; 1.0 = off.")
     top_k: int = _f(0, "Top-k sampling for rollouts; 0 = off.")
+    rollout_backend: str = _f("compact", "compact (a decode loop that drops finished sequences: fastest without vLLM), hf (model.generate), or vllm (needs the vllm extra and a GPU).")
+    generation_kwargs: dict = _f({}, "Extra sampling options, e.g. {min_new_tokens: 16} or {suppress_tokens: [id]} (hf: any GenerationConfig field; vllm: SamplingParams fields).")
+    prompt_bucket: int = _f(0, "Pad prompts to a multiple of this many tokens (with compile_generation: fewer distinct shapes to compile); 0 = off.")
+    compile_generation: bool = _f(False, "hf backend on GPU: static KV cache + torch.compile (CUDA graphs) for decoding; the first steps pay compilation.")
+    vllm_gpu_memory_utilization: float = _f(0.3, "vllm backend: share of GPU memory vLLM may take (the rest is for training).")
     # --- algorithm
     learning_rate: float = _f(1e-6, "AdamW peak learning rate.")
     lr_scheduler_type: str = _f("constant", "transformers scheduler name: constant, linear, cosine, constant_with_warmup...")
@@ -251,7 +257,7 @@ def load_config(argv: list[str] | None = None) -> GRPOConfig:
 
 def validate(cfg: GRPOConfig) -> None:
     """Check values and their consistency before anything heavy is loaded. Raises ConfigError."""
-    positive = ["max_sampling_rounds", "max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+    positive = ["update_buckets", "max_sampling_rounds", "max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
                 "max_completion_length", "num_iterations", "eval_batch_size", "logging_steps"]
     for key in positive:
         if getattr(cfg, key) < 1:
@@ -272,7 +278,11 @@ def validate(cfg: GRPOConfig) -> None:
             f"num_generations = {cfg.num_generations}; each prompt's {cfg.num_generations} completions must stay "
             f"together (e.g. per_device_train_batch_size {cfg.num_generations * max(1, rollout // cfg.num_generations)})"
         )
+    if cfg.update_buckets > cfg.per_device_train_batch_size:
+        raise ConfigError(f"update_buckets {cfg.update_buckets} is larger than per_device_train_batch_size "
+                          f"{cfg.per_device_train_batch_size}; lower update_buckets")
     choices = {
+        "rollout_backend": ("compact", "hf", "vllm"),
         "loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
         "scale_rewards": ("group", "batch", "none"),
         "advantage_estimator": ("grpo", "rloo"),

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-ROLLOUT_BACKENDS: dict[str, Callable[..., "HFGenerateBackend"]] = {}
+ROLLOUT_BACKENDS: dict[str, type] = {}
 
 
 def register_backend(name: str) -> Callable:
@@ -66,48 +66,235 @@ def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int | list[in
     return mask, ~has_eos
 
 
-@register_backend("hf")
-class HFGenerateBackend:
-    """Sampling with ``model.generate`` (transformers). Works wherever the model runs: CPU, GPU, DDP."""
+def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                greedy: bool = False) -> Tensor:
+    """Sample one token per row. logits (n, V) -> (n,) token ids.
+
+    Works in the logits' own dtype (bf16 on GPU): no float32 full-vocabulary copy per decode step. Sampling
+    uses the exponential race (``argmax(p / E)``, ``E ~ Exp(1)``), which draws exactly from ``p`` without a
+    cumulative sum.
+    """
+    if greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) > top_p  # keep the smallest set reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    race = torch.empty_like(probs).exponential_(1.0)
+    return (probs / race).argmax(dim=-1)
+
+
+class _Backend:
+    """Shared parts of the backends: tokenising prompts, building the RolloutBatch."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_completion_length: int, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0):
+                 top_p: float = 1.0, top_k: int = 0, generation_kwargs: dict | None = None, prompt_bucket: int = 0):
         self.tokenizer = tokenizer
         self.max_completion_length = max_completion_length
-        # top_k=0 / top_p=1 mean "off": leave them unset so generate does not warn or add a no-op processor.
-        self.sampling = dict(do_sample=True, temperature=temperature, top_k=None, top_p=None)
-        if top_k > 0:
-            self.sampling["top_k"] = top_k
-        if top_p < 1.0:
-            self.sampling["top_p"] = top_p
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.generation_kwargs = dict(generation_kwargs or {})
+        self.prompt_bucket = prompt_bucket
+        eos = tokenizer.eos_token_id
+        self.eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    def encode(self, prompts: list[str], num_generations: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Left-padded prompt ids and mask, each prompt repeated G times. -> (N, P), (N, P)."""
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if self.prompt_bucket > 1:  # pad P up to a multiple so compiled graphs see few distinct shapes
+            width = -(-ids.size(1) // self.prompt_bucket) * self.prompt_bucket
+            ids, mask = _pad_to(ids, width, self.tokenizer.pad_token_id, left=True), _pad_to(mask, width, 0, left=True)
+        return (ids.repeat_interleave(num_generations, dim=0).to(device),
+                mask.repeat_interleave(num_generations, dim=0).to(device))
+
+    def finish(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, prompts: list[str],
+               num_generations: int) -> RolloutBatch:
+        """Mask after the first EOS, decode, and package. completion_ids (N, T) -> RolloutBatch."""
+        tok = self.tokenizer
+        mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
+        completion_ids = completion_ids.masked_fill(mask == 0, tok.pad_token_id)
+        width = int(mask.sum(dim=1).max().item()) if mask.numel() else 0
+        completion_ids, mask = completion_ids[:, :width], mask[:, :width]  # no all-padding columns
+        texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
+        return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated,
+                            [p for p in prompts for _ in range(num_generations)], texts)
+
+    def sync_weights(self, model: PreTrainedModel) -> None:
+        """Push updated policy weights to the engine (no-op when the engine *is* the training model)."""
+
+
+@register_backend("compact")
+class CompactSampler(_Backend):
+    """Decode loop over the model's own forward with a KV cache that drops finished sequences.
+
+    ``model.generate`` keeps computing every row until the longest one ends; here a row that emits EOS
+    leaves the batch (and its KV cache rows are freed), so a step costs what the live rows need. Same
+    distribution as ``generate`` with temperature / top-k / top-p sampling.
+    """
+
+    @torch.no_grad()
+    def generate(self, model: PreTrainedModel, prompts: list[str], num_generations: int = 1, greedy: bool = False,
+                 max_new_tokens: int | None = None) -> RolloutBatch:
+        """Sample ``num_generations`` completions per prompt. B prompts -> RolloutBatch of N = B x G."""
+        from transformers import DynamicCache
+
+        max_new = max_new_tokens or self.max_completion_length
+        device = next(model.parameters()).device
+        prompt_ids, prompt_mask = self.encode(prompts, num_generations, device)
+        N, G = prompt_ids.size(0), num_generations
+        pad = self.tokenizer.pad_token_id
+        out = torch.full((N, max_new), pad, dtype=torch.long, device=device)
+        eos = torch.tensor(self.eos_ids, device=device)
+        suppress = self.generation_kwargs.get("suppress_tokens") or []
+        min_new = int(self.generation_kwargs.get("min_new_tokens", 0))
+        was_training = model.training
+        model.eval()
+        cache = DynamicCache()
+        mask = prompt_mask
+        pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        # Prefill each prompt once, then copy its KV cache to its G samples (G x less prefill work).
+        logits = model(input_ids=prompt_ids[::G], attention_mask=mask[::G], position_ids=pos[::G], cache=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]  # (B, V)
+        if G > 1:
+            cache.batch_repeat_interleave(G)
+            logits = logits.repeat_interleave(G, dim=0)  # (N, V)
+        next_pos = pos[:, -1] + 1  # (n,)
+        live = torch.arange(N, device=device)  # original row of each live sequence
+        for t in range(max_new):
+            if suppress:
+                logits[:, suppress] = float("-inf")
+            if t < min_new:
+                logits[:, eos] = float("-inf")
+            token = sample_next(logits, self.temperature, self.top_k, self.top_p, greedy)  # (n,)
+            out[live, t] = token
+            if t == max_new - 1:
+                break
+            alive = ~torch.isin(token, eos)
+            if not alive.all():
+                if not alive.any():
+                    break
+                keep = alive.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                live, token, mask, next_pos = live[keep], token[keep], mask[keep], next_pos[keep]
+            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
+            logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None], cache=cache,
+                           use_cache=True).logits[:, -1]
+            next_pos = next_pos + 1
+        model.train(was_training)
+        return self.finish(prompt_ids, prompt_mask, out, prompts, num_generations)
+
+
+@register_backend("hf")
+class HFGenerateBackend(_Backend):
+    """Sampling with ``model.generate`` (transformers).
+
+    With ``compile_generation`` (GPU) it uses transformers' supported compile path: a static KV cache and
+    ``CompileConfig(fullgraph=True, mode="reduce-overhead")``. GRPO's shapes change every step, so prompts
+    are padded to a multiple of ``prompt_bucket`` tokens and the batch size is fixed, letting the compiled
+    CUDA graphs be reused instead of recompiled.
+    """
+
+    def __init__(self, *args, compile_generation: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.compile_generation = compile_generation
 
     def _generation_config(self, greedy: bool, max_new_tokens: int) -> GenerationConfig:
         tok = self.tokenizer
-        opts = dict(do_sample=False) if greedy else dict(self.sampling)
-        return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
-                                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, **opts)
+        opts: dict = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=self.temperature,
+                                                               top_k=self.top_k or None,
+                                                               top_p=self.top_p if self.top_p < 1.0 else None)
+        if self.compile_generation:
+            from transformers import CompileConfig
+
+            opts.update(cache_implementation="static", compile_config=CompileConfig(fullgraph=True, mode="reduce-overhead"))
+        return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=tok.pad_token_id,
+                                bos_token_id=tok.bos_token_id, **opts, **self.generation_kwargs)
 
     @torch.no_grad()
     def generate(self, model: PreTrainedModel, prompts: list[str], num_generations: int = 1, greedy: bool = False,
                  max_new_tokens: int | None = None) -> RolloutBatch:
         """Sample ``num_generations`` completions for each prompt. B prompts -> RolloutBatch of N = B x G."""
-        tok = self.tokenizer
-        max_new_tokens = max_new_tokens or self.max_completion_length
-        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+        max_new = max_new_tokens or self.max_completion_length
         device = next(model.parameters()).device
-        prompt_ids = enc["input_ids"].repeat_interleave(num_generations, dim=0).to(device)  # (N, P)
-        prompt_mask = enc["attention_mask"].repeat_interleave(num_generations, dim=0).to(device)  # (N, P)
+        prompt_ids, prompt_mask = self.encode(prompts, num_generations, device)
         was_training = model.training
         model.eval()
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                             generation_config=self._generation_config(greedy, max_new_tokens))
+                             generation_config=self._generation_config(greedy, max_new))
         model.train(was_training)
-        completion_ids = out[:, prompt_ids.size(1):]  # (N, T)
-        mask, truncated = completion_mask_from_ids(completion_ids, tok.eos_token_id)
-        completion_ids = completion_ids.masked_fill(mask == 0, tok.pad_token_id)
-        texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
-        return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated,
-                            [p for p in prompts for _ in range(num_generations)], texts)
+        return self.finish(prompt_ids, prompt_mask, out[:, prompt_ids.size(1):], prompts, num_generations)
+
+
+@register_backend("vllm")
+class VLLMBackend(_Backend):
+    """vLLM colocated with training on each process's GPU; weights pushed after every update.
+
+    Needs the ``vllm`` extra (``pip install 'grpo-zero[vllm]'``) and a CUDA GPU. Prompts are sent as token ids
+    so vLLM sees exactly the prompt the policy is trained on.
+    """
+
+    def __init__(self, *args, model_name_or_path: str, gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
+                 seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise RuntimeError("rollout_backend 'vllm' needs vLLM: pip install 'grpo-zero[vllm]' (CUDA GPU required), "
+                               "or use rollout_backend: compact") from None
+        self.llm = LLM(model=model_name_or_path, gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len, seed=seed, distributed_executor_backend="external_launcher",
+                       enable_prefix_caching=True)
+
+    def sync_weights(self, model: PreTrainedModel) -> None:
+        """Load the current policy weights into the colocated engine (the way TRL's colocate mode does)."""
+        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        if hasattr(model, "merge_adapter"):  # peft: push merged weights, then restore the adapter
+            model.merge_adapter()
+            params = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                      for k, v in model.state_dict().items() if "lora_" not in k}
+            engine_model.load_weights(params.items())
+            model.unmerge_adapter()
+        else:
+            engine_model.load_weights(model.state_dict().items())
+        self.llm.reset_prefix_cache()
+
+    @torch.no_grad()
+    def generate(self, model: PreTrainedModel, prompts: list[str], num_generations: int = 1, greedy: bool = False,
+                 max_new_tokens: int | None = None) -> RolloutBatch:
+        """Sample with vLLM. B prompts -> RolloutBatch of N = B x G (padded like the other backends)."""
+        from vllm import SamplingParams
+
+        max_new = max_new_tokens or self.max_completion_length
+        device = next(model.parameters()).device
+        prompt_ids, prompt_mask = self.encode(prompts, num_generations, device)
+        params = SamplingParams(n=1, max_tokens=max_new, temperature=0.0 if greedy else self.temperature,
+                                top_p=self.top_p, top_k=self.top_k if self.top_k > 0 else -1,
+                                stop_token_ids=self.eos_ids, **self.generation_kwargs)
+        requests = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(prompt_ids, prompt_mask)]
+        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        completion = torch.full((len(requests), max_new), self.tokenizer.pad_token_id, dtype=torch.long)
+        for i, o in enumerate(outputs):
+            ids = list(o.outputs[0].token_ids)[:max_new]
+            completion[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return self.finish(prompt_ids, prompt_mask, completion.to(device), prompts, num_generations)
+
+
+def make_backend(name: str, tokenizer: PreTrainedTokenizerBase, **kwargs) -> _Backend:
+    """Build the rollout backend registered as ``name`` (``compact``, ``hf`` or ``vllm``)."""
+    if name not in ROLLOUT_BACKENDS:
+        raise ValueError(f"unknown rollout_backend {name!r}; known: {', '.join(sorted(ROLLOUT_BACKENDS))}")
+    cls = ROLLOUT_BACKENDS[name]
+    own = {"hf": ("compile_generation",), "vllm": ("model_name_or_path", "gpu_memory_utilization", "max_model_len", "seed")}
+    common = ("max_completion_length", "temperature", "top_p", "top_k", "generation_kwargs", "prompt_bucket")
+    args = {k: v for k, v in kwargs.items() if k in common or k in own.get(name, ())}
+    return cls(tokenizer, **args)
 
 
 def _pad_to(x: Tensor, width: int, value: int, left: bool) -> Tensor:

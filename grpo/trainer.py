@@ -28,12 +28,12 @@ from transformers import get_scheduler
 
 from grpo import core
 from grpo.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_logs, save_checkpoint
-from grpo.config import GRPOConfig
+from grpo.config import GRPOConfig, resolve_model_path
 from grpo.evaluate import evaluate
-from grpo.model import load_policy, load_reference, load_tokenizer, save_final
+from grpo.model import load_policy, load_reference, load_tokenizer, reference_context, save_final
 from grpo.data import get_task
 from grpo.logging import MetricsLogger, tracker_names
-from grpo.rollout import HFGenerateBackend, RolloutBatch, concat, select
+from grpo.rollout import RolloutBatch, concat, make_backend, select
 from rewards.combine import build_rewards, score
 
 
@@ -82,8 +82,10 @@ class Trainer:
         self.cfg = cfg
         # accelerate wants mpirun for multi-process CPU unless told cpu=True; with cpu=True,
         # `accelerate launch --multi_gpu --num_processes 2` (or torchrun) runs 2 gloo ranks on a CPU machine.
+        # Length buckets are extra accumulation micro-steps: one optimizer step still covers the whole batch.
+        self.micro_steps = cfg.gradient_accumulation_steps * cfg.update_buckets
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                                       gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                       gradient_accumulation_steps=self.micro_steps,
                                        log_with=tracker_names(cfg) or None, project_dir=cfg.output_dir)
         acc = self.accelerator
         if cfg.cpu_threads and acc.device.type == "cpu":
@@ -103,30 +105,46 @@ class Trainer:
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
                                   num_training_steps=cfg.max_steps * cfg.num_iterations)
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
-        self.backend = HFGenerateBackend(self.tokenizer, cfg.max_completion_length, cfg.temperature, cfg.top_p, cfg.top_k)
+        self.backend = make_backend(
+            cfg.rollout_backend, self.tokenizer, max_completion_length=cfg.max_completion_length,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, generation_kwargs=cfg.generation_kwargs,
+            prompt_bucket=cfg.prompt_bucket, compile_generation=cfg.compile_generation,
+            model_name_or_path=resolve_model_path(cfg.model_name_or_path),
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed)
         self.logger = MetricsLogger(cfg, acc, self.tokenizer)
         self.bad_steps = 0  # consecutive steps whose update was dropped as non-finite
         self._last_step_ok = True
 
     # --- log-probs ---------------------------------------------------------------------------------------
 
-    def completion_logprobs(self, model: torch.nn.Module, batch: RolloutBatch, idx: slice,
+    def completion_logprobs(self, model: torch.nn.Module, batch: RolloutBatch, idx: Tensor,
                             with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Log-probs of the sampled completion tokens for rows ``idx``. -> (n, T) and entropy (n, T) or None.
+        """Log-probs of the sampled completion tokens for rows ``idx``. -> (n, T') and entropy (n, T') or None.
 
-        Only the T completion positions get logits (``logits_to_keep``), and log-softmax runs in chunks.
+        The rows are trimmed to their own widths first (P' = longest real prompt, T' = longest completion
+        among them), so a micro-batch of short sequences costs what short sequences need. Only the T'
+        completion positions get logits (``logits_to_keep``), and log-softmax runs in chunks.
         """
-        prompt_ids, completion_ids = batch.prompt_ids[idx], batch.completion_ids[idx]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (n, P + T)
-        attention = torch.cat([batch.prompt_mask[idx], batch.completion_mask[idx]], dim=1)
+        prompt_mask, completion_mask = batch.prompt_mask[idx], batch.completion_mask[idx]
+        P = int(prompt_mask.sum(dim=1).max().item())
+        T = max(int(completion_mask.sum(dim=1).max().item()), 1)
+        prompt_ids, completion_ids = batch.prompt_ids[idx][:, -P:], batch.completion_ids[idx][:, :T]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (n, P' + T')
+        attention = torch.cat([prompt_mask[:, -P:], completion_mask[:, :T]], dim=1)
         position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
-        T = completion_ids.size(1)
         logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                       logits_to_keep=T + 1).logits[:, :-1]  # (n, T, V): position t predicts token t
+                       logits_to_keep=T + 1).logits[:, :-1]  # (n, T', V): position t predicts token t
         logits = logits / self.cfg.temperature  # score under the distribution that sampled them
         logprobs = core.selective_log_softmax(logits, completion_ids)
         entropy = core.entropy_from_logits(logits.detach()) if with_entropy else None
         return logprobs, entropy
+
+    def micro_batches(self, batch: RolloutBatch) -> list[Tensor]:
+        """Row indices of each micro-batch: rows sorted by real length, then cut into
+        ``gradient_accumulation_steps x update_buckets`` pieces, so each pads only to its own longest row."""
+        lengths = batch.prompt_mask.sum(dim=1) + batch.completion_mask.sum(dim=1)  # (N,)
+        order = torch.argsort(lengths.cpu(), stable=True).to(lengths.device)
+        return list(torch.tensor_split(order, self.micro_steps))
 
     # --- one step ----------------------------------------------------------------------------------------
 
@@ -208,7 +226,7 @@ class Trainer:
     def update(self, batch: RolloutBatch, advantages: Tensor) -> dict[str, float]:
         """``num_iterations`` optimizer steps over the rollout batch, each accumulated over micro-batches."""
         cfg, acc = self.cfg, self.accelerator
-        N, mb = batch.completion_ids.size(0), cfg.per_device_train_batch_size
+        N = batch.completion_ids.size(0)
         mask = batch.completion_mask.float()
         if cfg.mask_truncated_completions:  # DAPO: a cut-off answer is not evidence about the policy's answers
             mask = mask * (~batch.truncated).float().unsqueeze(1).to(mask.device)
@@ -216,41 +234,47 @@ class Trainer:
         # dapo divides by the active tokens of the whole global batch; DDP then averages ranks.
         global_tokens = acc.reduce(mask.sum().to(acc.device), reduction="sum").item()
         normalizer = global_tokens / acc.num_processes
-        slices = [slice(i, i + mb) for i in range(0, N, mb)]
+        micro = self.micro_batches(batch)
         old = ref = None
         with torch.no_grad():
             if cfg.num_iterations > 1:  # with one update the sampling policy *is* the current one: ratio = 1
-                old = torch.cat([self.completion_logprobs(self.model, batch, s)[0] for s in slices])
-            if self.ref_model is not None:
-                ref = torch.cat([self.completion_logprobs(self.ref_model, batch, s)[0] for s in slices])
+                old = [self.completion_logprobs(self.model, batch, idx)[0] for idx in micro]
+            if cfg.beta > 0:
+                if self.ref_model is not None:
+                    ref = [self.completion_logprobs(self.ref_model, batch, idx)[0] for idx in micro]
+                else:  # LoRA: the reference is the base model, i.e. the policy with its adapter off
+                    with reference_context(self.model):
+                        ref = [self.completion_logprobs(self.model, batch, idx)[0] for idx in micro]
         sums: dict[str, float] = {}
-        entropies = []
+        entropy_sum = entropy_tokens = 0.0
         self.model.train()
         for it in range(cfg.num_iterations):
-            for s in slices:
+            for j, idx in enumerate(micro):
                 with acc.accumulate(self.model):
-                    logprobs, entropy = self.completion_logprobs(self.model, batch, s, with_entropy=(it == 0))
+                    logprobs, entropy = self.completion_logprobs(self.model, batch, idx, with_entropy=(it == 0))
+                    m = mask[idx][:, : logprobs.size(1)]
                     if entropy is not None:
-                        entropies.append(entropy)
+                        entropy_sum += (entropy * m).sum().item()
+                        entropy_tokens += m.sum().item()
                     loss, metrics = core.policy_loss(
-                        logprobs, logprobs.detach() if old is None else old[s], advantages[s], mask[s],
+                        logprobs, logprobs.detach() if old is None else old[j], advantages[idx], m,
                         loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                         max_completion_length=cfg.max_completion_length,
-                        ref_logprobs=None if ref is None else ref[s], beta=cfg.beta,
+                        ref_logprobs=None if ref is None else ref[j], beta=cfg.beta,
                         importance_sampling_level=cfg.importance_sampling_level, normalizer=normalizer)
                     # Per-sequence losses average over micro-batches; dapo's global normaliser already sums.
-                    share = 1.0 if cfg.loss_type == "dapo" else (min(s.stop, N) - s.start) / N
+                    share = 1.0 if cfg.loss_type == "dapo" else idx.numel() / N
                     # accelerate divides by gradient_accumulation_steps in backward(); undo it, our share is exact.
-                    acc.backward(loss * share * cfg.gradient_accumulation_steps)
+                    acc.backward(loss * share * self.micro_steps)
                     if acc.sync_gradients:
                         sums["grad_norm"] = sums.get("grad_norm", 0.0) + self._optimizer_step()
                         sums["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0) + (not self._last_step_ok)
                 sums["loss"] = sums.get("loss", 0.0) + loss.item() * share / cfg.num_iterations
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v / (len(slices) * cfg.num_iterations)
+                    sums[k] = sums.get(k, 0.0) + v / (len(micro) * cfg.num_iterations)
         sums["grad_norm"] = sums.get("grad_norm", 0.0) / cfg.num_iterations
-        ent = torch.cat(entropies)
-        sums["entropy"] = core.masked_mean(ent, mask.to(ent.device)).item()
+        sums["entropy"] = entropy_sum / max(entropy_tokens, 1.0)
+        self.backend.sync_weights(self.accelerator.unwrap_model(self.model))
         return sums
 
     def _optimizer_step(self) -> float:

@@ -1,0 +1,201 @@
+"""GRPO step time: grpo-zero's trainer vs TRL's GRPOTrainer, same model, data, batch, lengths and reward.
+
+Both trainers live in one process and take turns: after each TRL step (a callback), grpo-zero takes one
+step, so machine load hits both alike. Prints the median step time of each, their ratio, completion tokens/s
+and (on GPU) peak memory per step.
+
+    python bench/step_throughput.py --preset cpu-tiny            # bundled tiny model, CPU, 16 x 8 x 72 tokens
+    python bench/step_throughput.py --preset gpu-0.5b            # random-init Qwen2.5-0.5B shape, bf16, 16 x 8 x 512
+
+Lengths: by default EOS is suppressed on both sides (``min_new_tokens = max_completion_length``), so both
+generate exactly the same number of tokens; ``--lengths natural`` lets sequences stop at EOS instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PRESETS = {
+    "cpu-tiny": dict(model="models/tiny-base", prompts=16, generations=8, max_new=72, dtype="float32", prompt_terms=None),
+    "gpu-0.5b": dict(model="qwen2.5-0.5b-random", prompts=16, generations=8, max_new=512, dtype="bfloat16",
+                     prompt_terms=60),  # ~128-token prompts
+}
+
+
+def qwen05b_random(out: Path, tokenizer_src: Path) -> None:
+    """A random-initialised Qwen2.5-0.5B-shaped model and a tokenizer covering its vocabulary (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, Regex
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    base = json.loads((tokenizer_src / "tokenizer.json").read_text())["model"]["vocab"]
+    cfg = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                      num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(out)
+    vocab = dict(base)
+    for i in range(len(vocab), cfg.vocab_size):  # filler tokens so every sampled id decodes
+        vocab[f"<x{i}>"] = i
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(["<pad>", "<s>", "</s>", "<unk>"])
+    tok.add_tokens(["<think>", "</think>", "<answer>", "</answer>"])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>", padding_side="left").save_pretrained(out)
+
+
+def rows(n: int, prompt_terms: int | None, seed: int = 0) -> list[dict]:
+    """Arithmetic rows; with ``prompt_terms`` the sums are long so prompts reach ~2 x terms tokens."""
+    import random
+
+    from grpo.data import arithmetic_prompt, make_arithmetic_row
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        row = make_arithmetic_row(rng)
+        if prompt_terms:
+            nums = [rng.randint(1, 9) for _ in range(prompt_terms)]
+            row = {"question": "+".join(map(str, nums)), "prompt": arithmetic_prompt(nums), "answer": str(sum(nums)),
+                   "nums": nums}
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny")
+    ap.add_argument("--steps", type=int, default=8, help="measured steps per trainer (after warmup)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--lengths", choices=["fixed", "natural"], default="fixed")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU); 1 is fastest for the tiny model")
+    ap.add_argument("--backend", default="compact", help="grpo-zero rollout_backend")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    p = PRESETS[args.preset]
+    torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    if args.preset.startswith("gpu") and not cuda:
+        sys.exit("error: --preset gpu-0.5b needs a CUDA GPU; use --preset cpu-tiny here")
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig as TRLConfig
+    from trl import GRPOTrainer
+
+    import rewards
+    from grpo.config import load_config
+    from grpo.trainer import Trainer
+
+    work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
+    model_path = ROOT / p["model"]
+    if p["model"] == "qwen2.5-0.5b-random":
+        model_path = work / "qwen2.5-0.5b-random"
+        qwen05b_random(model_path, ROOT / "models" / "tiny-base")
+    total_steps = args.warmup + args.steps
+    n_rows = p["prompts"] * (total_steps + 2)
+    data = rows(n_rows, p["prompt_terms"])
+    gen_kwargs = {"min_new_tokens": p["max_new"]} if args.lengths == "fixed" else {}
+    batch = p["prompts"] * p["generations"]
+    common = dict(max_completion_length=p["max_new"], num_generations=p["generations"], temperature=1.0,
+                  learning_rate=1e-5, beta=0.0, loss_type="dr_grpo", scale_rewards="group")
+
+    # --- grpo-zero
+    ours_cfg = load_config([
+        "--model_name_or_path", str(model_path), "--output_dir", str(work / "ours"), "--max_steps", str(total_steps),
+        "--per_device_train_batch_size", str(batch), "--eval_steps", "0", "--save_steps", "0",
+        "--save_final_model", "false", "--rollout_backend", args.backend, "--dtype", p["dtype"],
+        "--generation_kwargs", json.dumps(gen_kwargs), "--rewards", "{accuracy: 1.0, format: 0.1}",
+        "--task_kwargs", "{num_eval: 8}", "--log_completions_steps", "0",
+        *[x for k, v in common.items() for x in (f"--{k}", str(v))],
+    ])
+    ours = Trainer(ours_cfg)
+    ours.stream.take = lambda n, it=iter(data * 4): [next(it) for _ in range(n)]  # the same prompts as TRL
+    ours.logger.start()
+
+    # --- TRL
+    dtype = torch.bfloat16 if p["dtype"] == "bfloat16" else torch.float32
+    trl_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    trl_args = TRLConfig(
+        output_dir=str(work / "trl"), use_cpu=not cuda, bf16=False, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1, max_steps=total_steps, logging_steps=1, report_to=[], save_strategy="no",
+        generation_kwargs=gen_kwargs or None, seed=0, dataloader_num_workers=0, **common)
+    ds = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in data])
+    times: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
+    tokens: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
+    memory: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
+
+    class Alternate(TrainerCallback):
+        """Time each TRL step, then run and time one grpo-zero step."""
+
+        def on_step_begin(self, a, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+                memory["trl"].append(torch.cuda.max_memory_allocated() / 2**30)
+            times["trl"].append(time.perf_counter() - self.t0)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            m = ours.step(state.global_step)
+            if cuda:
+                torch.cuda.synchronize()
+                memory["grpo-zero"].append(torch.cuda.max_memory_allocated() / 2**30)
+            times["grpo-zero"].append(time.perf_counter() - t0)
+            tokens["grpo-zero"].append(m["completions/mean_length"] * m["completions/count"])
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                tokens["trl"].append(logs["completions/mean_length"] * batch)
+
+    trainer = GRPOTrainer(model=trl_model, reward_funcs=[rewards.get("accuracy"), rewards.get("format")],
+                          args=trl_args, train_dataset=ds, processing_class=tok, callbacks=[Alternate()])
+    trainer.train()
+
+    def summary(name: str) -> dict:
+        t = times[name][args.warmup:]
+        toks = tokens[name][args.warmup:] if len(tokens[name]) >= len(times[name]) else tokens[name]
+        med = statistics.median(t)
+        out = {"median_step_s": med, "steps": len(t), "completion_tokens_per_s": statistics.mean(toks) / med if toks else None}
+        if memory[name]:
+            out["peak_memory_gib"] = max(memory[name][args.warmup:])
+        return out
+
+    res = {"preset": args.preset, "lengths": args.lengths, "threads": args.threads, "backend": args.backend,
+           "device": torch.cuda.get_device_name() if cuda else "cpu", "trl": summary("trl"),
+           "grpo-zero": summary("grpo-zero")}
+    res["speedup"] = res["trl"]["median_step_s"] / res["grpo-zero"]["median_step_s"]
+    print(f"\npreset {args.preset}  ({p['prompts']} prompts x {p['generations']} generations x {p['max_new']} tokens, "
+          f"lengths {args.lengths}, device {res['device']})")
+    print(f"{'trainer':<10} {'median step s':>14} {'tokens/s':>10} {'peak GiB':>9}")
+    for name in ("trl", "grpo-zero"):
+        s = res[name]
+        tps = f"{s['completion_tokens_per_s']:.0f}" if s["completion_tokens_per_s"] else "-"
+        print(f"{name:<10} {s['median_step_s']:>14.3f} {tps:>10} {s.get('peak_memory_gib', float('nan')):>9.2f}")
+    print(f"grpo-zero is {res['speedup']:.2f}x faster per step than TRL {__import__('trl').__version__}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
