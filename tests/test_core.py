@@ -359,7 +359,7 @@ def test_bad_input_raises_one_clear_line(call, message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def trl_trainers():
+def trl_trainers(tmp_path_factory: pytest.TempPathFactory):
     """A real GRPOTrainer and RLOOTrainer on the bundled tiny model (built in ~0.2 s each, offline)."""
     trl = pytest.importorskip("trl")
     from datasets import Dataset
@@ -374,12 +374,12 @@ def trl_trainers():
 
     common = {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 8, "report_to": [],
               "use_cpu": True, "save_strategy": "no", "logging_strategy": "no"}
+    grpo_args = trl.GRPOConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), **common)
+    rloo_args = trl.RLOOConfig(output_dir=str(tmp_path_factory.mktemp("rloo")), **common)
     grpo = trl.GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(TINY), reward_funcs=zero_reward,
-                           args=trl.GRPOConfig(output_dir="/tmp/_core_trl_grpo", **common), train_dataset=ds,
-                           processing_class=tok)
+                           args=grpo_args, train_dataset=ds, processing_class=tok)
     rloo = trl.RLOOTrainer(model=AutoModelForCausalLM.from_pretrained(TINY), reward_funcs=zero_reward,
-                           args=trl.RLOOConfig(output_dir="/tmp/_core_trl_rloo", **common), train_dataset=ds,
-                           processing_class=tok)
+                           args=rloo_args, train_dataset=ds, processing_class=tok)
     return grpo, rloo
 
 
