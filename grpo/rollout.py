@@ -7,6 +7,7 @@ T = completion tokens (right-padded).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -130,6 +131,12 @@ class _Backend:
         """Push updated policy weights to the engine (no-op when the engine *is* the training model)."""
 
 
+def _cache_kwarg(model: PreTrainedModel) -> str:
+    """The forward argument that takes a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
 @register_backend("compact")
 class CompactSampler(_Backend):
     """Decode loop over the model's own forward with a KV cache that drops finished sequences.
@@ -157,10 +164,11 @@ class CompactSampler(_Backend):
         was_training = model.training
         model.eval()
         cache = DynamicCache()
+        kw = _cache_kwarg(model)
         mask = prompt_mask
         pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
         # Prefill each prompt once, then copy its KV cache to its G samples (G x less prefill work).
-        logits = model(input_ids=prompt_ids[::G], attention_mask=mask[::G], position_ids=pos[::G], cache=cache,
+        logits = model(input_ids=prompt_ids[::G], attention_mask=mask[::G], position_ids=pos[::G], **{kw: cache},
                        use_cache=True, logits_to_keep=1).logits[:, -1]  # (B, V)
         if G > 1:
             cache.batch_repeat_interleave(G)
@@ -184,8 +192,8 @@ class CompactSampler(_Backend):
                 cache.batch_select_indices(keep)
                 live, token, mask, next_pos = live[keep], token[keep], mask[keep], next_pos[keep]
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
-            logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None], cache=cache,
-                           use_cache=True).logits[:, -1]
+            logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                           **{kw: cache}, use_cache=True).logits[:, -1]
             next_pos = next_pos + 1
         model.train(was_training)
         return self.finish(prompt_ids, prompt_mask, out, prompts, num_generations)
