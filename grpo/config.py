@@ -205,7 +205,9 @@ def parse_cli(argv: list[str]) -> tuple[str | None, dict[str, str]]:
             raise ConfigError(f"unexpected argument {arg!r}; options look like --key value")
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
-        if not eq:
+        if not eq and key == "smoke" and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
+            value = "true"  # --smoke is a switch: bare means on
+        elif not eq:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
                 raise ConfigError(f"option --{key} needs a value, e.g. --{key} VALUE")
             value = argv[i + 1]
