@@ -81,6 +81,7 @@ class GRPOConfig:
     loss_type: str = _f("dapo", "Loss aggregation: grpo, bnpo, dr_grpo or dapo (see grpo/core.py).")
     scale_rewards: str = _f("group", "Advantage scaling: group (GRPO), batch, or none (Dr. GRPO).")
     advantage_estimator: str = _f("grpo", "Advantage estimator: grpo (group mean baseline) or rloo (leave-one-out).")
+    use_bias_correction_kl: bool = _f(True, "Multiply the KL term by the importance ratio (TRL 1.16's default); only matters when beta > 0.")
     importance_sampling_level: str = _f("token", "token (GRPO) or sequence (GSPO) importance ratios.")
     mask_truncated_completions: bool = _f(False, "Leave completions cut at max_completion_length out of the loss (DAPO).")
     dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: drop groups whose rewards all agree and sample more prompts until the batch is full.")
@@ -141,7 +142,8 @@ _TYPES = {name: _strip_optional(tp) for name, tp in _HINTS.items()}
 def _coerce(key: str, value: Any, from_cli: bool) -> Any:
     """Convert ``value`` to the field's type; raise ConfigError with the expected type if it cannot be."""
     tp, optional = _TYPES[key]
-    if value is None or (from_cli and isinstance(value, str) and value.lower() in ("none", "null")):
+    # "none" on the command line means null only for optional fields: `--scale_rewards none` is a real value.
+    if value is None or (optional and from_cli and isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
         raise ConfigError(f"config key '{key}' cannot be empty; give a {tp.__name__}")

@@ -261,7 +261,8 @@ class Trainer:
                         loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                         max_completion_length=cfg.max_completion_length,
                         ref_logprobs=None if ref is None else ref[j], beta=cfg.beta,
-                        importance_sampling_level=cfg.importance_sampling_level, normalizer=normalizer)
+                        importance_sampling_level=cfg.importance_sampling_level, normalizer=normalizer,
+                        use_bias_correction_kl=cfg.use_bias_correction_kl)
                     # Per-sequence losses average over micro-batches; dapo's global normaliser already sums.
                     share = 1.0 if cfg.loss_type == "dapo" else idx.numel() / N
                     # accelerate divides by gradient_accumulation_steps in backward(); undo it, our share is exact.

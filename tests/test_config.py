@@ -23,7 +23,9 @@ def test_default_config_is_the_tiny_task():
 def test_cli_overrides_yaml_and_coerces_types(tmp_path):
     cfg = load_config(["--config", str(ROOT / "configs/default.yaml"), "--max_steps", "7", "--learning_rate=3e-5",
                        "--beta", "0.04", "--epsilon_high", "0.28", "--save_final_model", "false",
-                       "--task_kwargs", "{max_terms: 4}", "--output_dir", str(tmp_path / "o")])
+                       "--task_kwargs", "{max_terms: 4}", "--output_dir", str(tmp_path / "o"),
+                       "--scale_rewards", "none", "--save_total_limit", "none"])
+    assert cfg.scale_rewards == "none" and cfg.save_total_limit is None
     assert cfg.max_steps == 7 and isinstance(cfg.max_steps, int)
     assert cfg.learning_rate == pytest.approx(3e-5)
     assert cfg.beta == pytest.approx(0.04) and cfg.epsilon_high == pytest.approx(0.28)
