@@ -116,40 +116,19 @@ def load_policy(cfg: GRPOConfig) -> PreTrainedModel:
     return model
 
 
-def load_reference(cfg: GRPOConfig, device: torch.device, policy: torch.nn.Module | None = None) -> torch.nn.Module | None:
-    """The frozen reference model for the KL term; ``None`` when ``beta == 0`` (nothing loaded).
+def load_reference(cfg: GRPOConfig, device: torch.device) -> PreTrainedModel | None:
+    """A frozen copy of the base model for the KL term.
 
-    With LoRA (and ``policy`` given) there is no second copy: the reference is the policy itself with its adapter
-    switched off (:class:`AdapterOffReference`). Without ``policy`` a LoRA run gets ``None``, and the caller uses
-    :func:`reference_context` around the policy's forward pass instead.
+    ``None`` when ``beta == 0`` (no KL), and ``None`` with LoRA: there is no second copy, the reference is the
+    policy with its adapter switched off (the trainer wraps the policy's forward in :func:`reference_context`).
     """
-    if cfg.beta <= 0:
+    if cfg.beta <= 0 or cfg.use_peft:
         return None
-    if cfg.use_peft:
-        return AdapterOffReference(policy) if policy is not None else None
     # A frozen model takes no optimizer steps, so bf16 costs it nothing on GPU.
     dtype = resolve_dtype(cfg.dtype, use_peft=True) if cfg.dtype == "auto" else resolve_dtype(cfg.dtype, False)
     ref = _from_pretrained(cfg, dtype).to(device).eval()
     ref.requires_grad_(False)
     return ref
-
-
-class AdapterOffReference(torch.nn.Module):
-    """The reference policy of a LoRA run: the policy's own forward pass with its adapter switched off.
-
-    Holds the policy without registering it as a submodule (no parameters twice, nothing for an optimizer or
-    ``accelerate.prepare`` to see). Forward runs without gradients. With DDP, ZeRO and FSDP2 the policy's
-    modules keep their own hooks, so calling them directly works; FSDP1's flat root parameters do not.
-    """
-
-    def __init__(self, policy: torch.nn.Module):
-        super().__init__()
-        object.__setattr__(self, "policy", policy)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The base model's outputs for the same inputs as the policy (logits (n, L, V))."""
-        with torch.no_grad(), reference_context(self.policy):
-            return self.policy(*args, **kwargs)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -99,7 +99,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg)
         self.task.bind_tokenizer(self.tokenizer)  # chat-template prompts are rendered with the model's tokenizer
         model = load_policy(cfg)
-        self.ref_model = load_reference(cfg, acc.device, policy=model)  # LoRA: the base = the adapter switched off
+        self.ref_model = load_reference(cfg, acc.device)  # None with LoRA: reference_context(model) instead
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2))
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
