@@ -306,7 +306,8 @@ def render_prompt(question: str, template: str = "r1", tokenizer: Any = None, sy
     elif "{question}" in template:
         text = template.replace("{question}", question)
     else:
-        raise DataError(f"unknown template {template!r}; use one of {', '.join(TEMPLATES)} or a string with {{question}}")
+        raise DataError(f"unknown template {template!r}; use one of {', '.join(TEMPLATES)} or a string with "
+                        "{question}")
     if prefill_think:
         text += " <think>" if text.endswith(":") else "<think>"
     return text
@@ -324,7 +325,8 @@ def reward_defaults(task: Task) -> dict[str, dict]:
         answer, fmt = {"answer_format": "r1"}, {"template": "r1", "prefilled_think": task.prefill_think}
     else:
         return {}
-    return {"accuracy": answer, "countdown": answer, "format": fmt, "tag_count": {"prefilled_think": task.prefill_think}}
+    return {"accuracy": answer, "countdown": answer, "format": fmt,
+            "tag_count": {"prefilled_think": task.prefill_think}}
 
 
 def check_rewards_match(task: Task, rewards_config: dict) -> None:
@@ -516,7 +518,8 @@ def normalize_rows(raw: list[dict], normalize: Callable[[dict], dict | None], so
         except (ValueError, KeyError, TypeError) as e:
             reason = f"missing column {e.args[0]!r}" if isinstance(e, KeyError) else str(e).splitlines()[0][:200]
             if on_bad_row == "error":
-                raise DataError(f"{source}: bad row {i}: {reason}; fix the data or set task_kwargs.on_bad_row: skip") from None
+                raise DataError(f"{source}: bad row {i}: {reason}; fix the data or set "
+                                "task_kwargs.on_bad_row: skip") from None
             bad.append(f"row {i}: {reason}")
             continue
         if clean is not None:
@@ -555,7 +558,8 @@ def dataset_task(name: str, spec: DatasetSpec, normalize: Callable[[dict], dict 
     if spec.on_bad_row not in ("error", "skip"):
         raise DataError(f"on_bad_row must be 'error' or 'skip', got {spec.on_bad_row!r}")
     if spec.template not in TEMPLATES and "{question}" not in spec.template:
-        raise DataError(f"unknown template {spec.template!r}; use one of {', '.join(TEMPLATES)} or a string with {{question}}")
+        raise DataError(f"unknown template {spec.template!r}; use one of {', '.join(TEMPLATES)} or a string "
+                        "with {question}")
     held_out = spec.eval_split is None and spec.eval_path is None
     train, bad = [], 0
     if held_out or not spec.eval_only:
@@ -578,7 +582,8 @@ def dataset_task(name: str, spec: DatasetSpec, normalize: Callable[[dict], dict 
         if spec.num_eval is not None:
             evals = evals[: spec.num_eval]
     if not train and not spec.eval_only:
-        raise DataError(f"{name}: no usable train rows in {spec.path} [{spec.split}]; check the path, split and filters")
+        raise DataError(f"{name}: no usable train rows in {spec.path} [{spec.split}]; check the path, split and "
+                        "filters")
     if not evals:
         raise DataError(f"{name}: no usable eval rows; check eval_path / eval_split, or set eval_split: null to hold "
                         "out train rows")

@@ -139,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
                    "file or a hub dataset (its 'test' split), in the task's raw format")
     p.add_argument("--template", help="prompt template override: r1, qwen_math, chat, plain")
     p.add_argument("--num_eval", type=int, help="score only the first N eval rows")
-    p.add_argument("--reward", help="the reward that decides right/wrong (default: accuracy, or the recipe's eval_reward)")
+    p.add_argument("--reward", help="the reward that decides right/wrong (default: accuracy, or the recipe's "
+                   "eval_reward)")
     p.add_argument("--reward_kwargs", help="YAML/JSON kwargs for that reward, e.g. '{answer_format: boxed}'")
     p.add_argument("--format_kwargs", help="YAML/JSON kwargs for the format reward, e.g. '{template: boxed}'")
     p.add_argument("--batch_size", type=int, help="prompts per generate call (default 64)")

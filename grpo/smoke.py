@@ -32,23 +32,23 @@ from typing import Any
 
 from grpo.config import ConfigError, GRPOConfig, resolve_model_path
 
+
+def _qwen2(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, context: int, rope_theta: float,
+           tie: bool = True, vocab: int = 151936) -> dict[str, Any]:
+    """The architecture fields of a Qwen2 config.json."""
+    return {"model_type": "qwen2", "hidden_size": hidden, "intermediate_size": intermediate,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+            "max_position_embeddings": context,
+            "rope_theta": rope_theta, "tie_word_embeddings": tie, "vocab_size": vocab}
+
+
 # The recipe models' published configs (config.json on the hub), the fields that shape the architecture.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "qwen/qwen2.5-0.5b": {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-                              "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768,
-                              "rope_theta": 1000000.0, "tie_word_embeddings": True, "vocab_size": 151936},
-    "qwen/qwen2.5-1.5b": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-                              "num_attention_heads": 12, "num_key_value_heads": 2, "max_position_embeddings": 131072,
-                              "rope_theta": 1000000.0, "tie_word_embeddings": True, "vocab_size": 151936},
-    "qwen/qwen2.5-3b": {"model_type": "qwen2", "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-                            "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 32768,
-                            "rope_theta": 1000000.0, "tie_word_embeddings": True, "vocab_size": 151936},
-    "qwen/qwen2.5-math-1.5b": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-                                   "num_attention_heads": 12, "num_key_value_heads": 2, "max_position_embeddings": 4096,
-                                   "rope_theta": 10000.0, "tie_word_embeddings": True, "vocab_size": 151936},
-    "qwen/qwen2.5-7b": {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                            "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 131072,
-                            "rope_theta": 1000000.0, "tie_word_embeddings": False, "vocab_size": 152064},
+    "qwen/qwen2.5-0.5b": _qwen2(896, 4864, 24, 14, 2, 32768, 1e6),
+    "qwen/qwen2.5-1.5b": _qwen2(1536, 8960, 28, 12, 2, 131072, 1e6),
+    "qwen/qwen2.5-3b": _qwen2(2048, 11008, 36, 16, 2, 32768, 1e6),
+    "qwen/qwen2.5-math-1.5b": _qwen2(1536, 8960, 28, 12, 2, 4096, 1e4),
+    "qwen/qwen2.5-7b": _qwen2(3584, 18944, 28, 28, 4, 131072, 1e6, tie=False, vocab=152064),
 }
 # Instruct variants share their base model's architecture.
 ARCHITECTURES.update({k + "-instruct": v for k, v in list(ARCHITECTURES.items())})
@@ -88,7 +88,8 @@ def architecture(name: str) -> dict[str, Any]:
     if config_file.is_file():
         return json.loads(config_file.read_text())
     known = ", ".join(sorted(k for k in ARCHITECTURES if not k.endswith("-instruct")))
-    raise ConfigError(f"--smoke has no architecture for {name!r} offline; known: {known} (or give a local model folder)")
+    raise ConfigError(f"--smoke has no architecture for {name!r} offline; known: {known} (or give a local model "
+                      "folder)")
 
 
 def tiny_config(arch: dict[str, Any], vocab_size: int) -> Any:
@@ -97,11 +98,13 @@ def tiny_config(arch: dict[str, Any], vocab_size: int) -> Any:
 
     fields = {k: v for k, v in arch.items() if not k.startswith("_") and k not in ("architectures", "auto_map")}
     model_type = fields.pop("model_type", "qwen2")
-    grouped = fields.get("num_key_value_heads", fields.get("num_attention_heads")) < fields.get("num_attention_heads", 1)
+    heads = fields.get("num_attention_heads", 1)
+    grouped = fields.get("num_key_value_heads", heads) < heads
     fields.update(TINY)
     fields.update(num_key_value_heads=2 if grouped else TINY["num_attention_heads"], vocab_size=vocab_size,
                   head_dim=TINY["hidden_size"] // TINY["num_attention_heads"], bos_token_id=0, eos_token_id=0,
-                  pad_token_id=0, use_sliding_window=False, sliding_window=None, max_window_layers=TINY["num_hidden_layers"])
+                  pad_token_id=0, use_sliding_window=False, sliding_window=None,
+                  max_window_layers=TINY["num_hidden_layers"])
     fields["max_position_embeddings"] = min(int(fields.get("max_position_embeddings", 4096)), 4096)
     fields.pop("dtype", None)
     fields.pop("torch_dtype", None)
@@ -182,7 +185,8 @@ def _countdown_rows(rng: random.Random, n: int) -> list[dict]:
 
 
 def _generic_rows(rng: random.Random, n: int, kwargs: dict) -> list[dict]:
-    qf, af, gold = kwargs.get("question_field", "question"), kwargs.get("answer_field", "answer"), kwargs.get("gold", "raw")
+    qf, af = kwargs.get("question_field", "question"), kwargs.get("answer_field", "answer")
+    gold = kwargs.get("gold", "raw")
     rows = []
     for _ in range(n):
         a, b = rng.randint(2, 60), rng.randint(2, 60)

@@ -13,8 +13,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from grpo.config import ConfigError, load_config  # noqa: E402
-from grpo.data import (  # noqa: E402
+from grpo.config import ConfigError, load_config
+from grpo.data import (
     DataError,
     DatasetStream,
     get_task,
@@ -22,7 +22,7 @@ from grpo.data import (  # noqa: E402
     last_boxed,
     render_prompt,
 )
-from grpo.smoke import build_tokenizer  # noqa: E402
+from grpo.smoke import build_tokenizer
 
 R1_TABLE_1 = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The assistant "
@@ -38,8 +38,8 @@ def write_jsonl(path, rows):
 
 
 def gsm8k_rows(n, start=0):
-    return [{"question": f"Ann has {i} pens and buys 1,000 more. How many pens?", "answer": f"{i} + 1000 = {i + 1000}\n#### {i + 1000:,}"}
-            for i in range(start, start + n)]
+    return [{"question": f"Ann has {i} pens and buys 1,000 more. How many pens?",
+             "answer": f"{i} + 1000 = {i + 1000}\n#### {i + 1000:,}"} for i in range(start, start + n)]
 
 
 # --- templates -----------------------------------------------------------------------------------------
@@ -137,7 +137,8 @@ def test_math_filters_levels_and_reads_gold_from_answer_or_last_box(tmp_path):
     train = [{"problem": f"p{i}", "solution": f"\\boxed{{1}} then \\boxed{{{i}}}", "level": f"Level {1 + i % 5}"}
              for i in range(10)]
     test = [{"problem": "q", "solution": "\\boxed{9}", "answer": "\\frac{3}{4}", "level": 1}]
-    task = get_task("math", path=write_jsonl(tmp_path / "tr.jsonl", train), eval_path=write_jsonl(tmp_path / "te.jsonl", test))
+    task = get_task("math", path=write_jsonl(tmp_path / "tr.jsonl", train),
+                    eval_path=write_jsonl(tmp_path / "te.jsonl", test))
     rows = task.train_stream(0).take(6)
     assert {r["level"] for r in rows} <= {3, 4, 5}
     assert task.stats["train_rows"] == 6  # levels 3, 4, 5 of 1..5, twice each
@@ -251,16 +252,17 @@ def test_reward_kwargs_must_match_the_template(tmp_path):
     kwargs = json.dumps({"path": train, "eval_path": train, "template": "qwen_math"})
     base = ["--model_name_or_path", "models/tiny-base", "--task", "gsm8k", "--task_kwargs", kwargs,
             "--output_dir", str(tmp_path / "o")]
-    with pytest.raises(ConfigError, match=r"reward 'format' has template: r1 .* set rewards.format.kwargs.template: boxed"):
+    with pytest.raises(ConfigError, match=r"reward 'format' has template: r1 .* rewards.format.kwargs.template: boxed"):
         load_config([*base, "--rewards", "{accuracy: {weight: 1, kwargs: {answer_format: boxed}}, format: 0.1}"])
     with pytest.raises(ConfigError, match=r"reward 'accuracy' has answer_format: r1"):
         load_config([*base, "--rewards", "{accuracy: 1.0}"])
-    cfg = load_config([*base, "--rewards", "{accuracy: {weight: 1, kwargs: {answer_format: boxed}}, "
-                                         "format: {weight: 0.1, kwargs: {template: boxed}}}"])
+    both = "{accuracy: {weight: 1, kwargs: {answer_format: boxed}}, format: {weight: 0.1, kwargs: {template: boxed}}}"
+    cfg = load_config([*base, "--rewards", both])
     assert cfg.task_kwargs["template"] == "qwen_math"
     prefill = json.dumps({"path": train, "eval_path": train, "prefill_think": True})
     with pytest.raises(ConfigError, match=r"reward 'format' has prefilled_think: False .*prefill_think: true"):
-        load_config([*base[:-2], "--task_kwargs", prefill, "--output_dir", str(tmp_path / "o"), "--rewards", "{format: 1.0}"])
+        load_config([*base[:-2], "--task_kwargs", prefill, "--output_dir", str(tmp_path / "o"),
+                     "--rewards", "{format: 1.0}"])
 
 
 def test_config_validation_reports_a_bad_dataset_before_any_model_loads(tmp_path):

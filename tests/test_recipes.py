@@ -20,9 +20,9 @@ import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from grpo.config import load_config  # noqa: E402
-from grpo.evaluate import evaluate  # noqa: E402
-from grpo.model import (  # noqa: E402
+from grpo.config import load_config
+from grpo.evaluate import evaluate
+from grpo.model import (
     ModelLoadError,
     load_for_eval,
     load_policy,
@@ -31,8 +31,8 @@ from grpo.model import (  # noqa: E402
     resolve_dtype,
     save_final,
 )
-from grpo.rollout import RolloutBatch  # noqa: E402
-from grpo.smoke import ARCHITECTURES, build_model, build_tokenizer, tiny_config  # noqa: E402
+from grpo.rollout import RolloutBatch
+from grpo.smoke import ARCHITECTURES, build_model, build_tokenizer, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["qwen2.5-0.5b-gsm8k", "qwen2.5-math-1.5b-math", "qwen2.5-3b-countdown"]
@@ -44,7 +44,8 @@ def recipe(name: str) -> str:
 
 
 def run(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def metrics(out: Path) -> list[dict]:
@@ -56,7 +57,8 @@ def assert_trained_two_steps(out: Path) -> None:
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
     # The smoke signal makes groups differ, so the update really ran (not skipped) with a real gradient.
-    assert all(r["skipped_update"] == 0.0 and r["grad_norm"] > 0 and torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    assert all(r["skipped_update"] == 0.0 and r["grad_norm"] > 0 for r in steps)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
     evals = [r["step"] for r in rows if "eval/accuracy" in r]
     assert evals == [0, 2]
 
@@ -67,7 +69,7 @@ def assert_trained_two_steps(out: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_smoke_cli(name, tmp_path):
-    """`python train.py --config configs/<recipe>.yaml --smoke --output_dir X` passes and keeps the recipe's algorithm."""
+    """`python train.py --config configs/<recipe>.yaml --smoke --output_dir X` passes, keeping the algorithm."""
     out = tmp_path / "run"
     proc = run(["train.py", "--config", recipe(name), "--smoke", "--output_dir", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -119,12 +121,13 @@ def test_recipe_smoke_lora_changes_only_adapter_weights(name, tmp_path):
 
 @pytest.mark.slow
 def test_two_data_parallel_ranks_on_cpu(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2 train.py --config <gsm8k recipe> --smoke` runs 2 ranks on CPU."""
+    """`accelerate launch --multi_gpu --num_processes 2 train.py --config <gsm8k> --smoke` runs 2 ranks on CPU."""
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
-         "29731", "train.py", "--config", recipe("qwen2.5-0.5b-gsm8k"), "--smoke", "--output_dir", str(out)],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--main_process_port", "29731", "train.py", "--config", recipe("qwen2.5-0.5b-gsm8k"), "--smoke",
+         "--output_dir", str(out)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "run_info.json").read_text())["world_size"] == 2
     assert_trained_two_steps(out)
@@ -251,7 +254,8 @@ def test_reference_context_is_the_base_model_and_saved_adapter_equals_merged(tmp
     assert save_final(policy, tokenizer, tmp_path / "adapter", merge=False) == "adapter"
     assert save_final(policy, tokenizer, tmp_path / "merged", merge=True) == "merged"
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
-    assert (tmp_path / "merged" / "model.safetensors").is_file() and not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
     from_adapter, from_merged = _logits(load_for_eval(str(tmp_path / "adapter"))[0], ids), _logits(
         load_for_eval(str(tmp_path / "merged"))[0], ids)
     assert torch.allclose(from_adapter, adapted, atol=1e-4) and torch.allclose(from_merged, adapted, atol=1e-4)
@@ -261,7 +265,8 @@ def test_unreachable_model_is_one_line(tmp_path):
     with pytest.raises(ModelLoadError) as e:
         load_tokenizer(_cfg(tmp_path, "nobody/no-such-model-xyz"))
     msg = str(e.value)
-    assert "\n" not in msg and "nobody/no-such-model-xyz" in msg and "HF_HUB_OFFLINE" in msg and "local model folder" in msg
+    assert "\n" not in msg and "nobody/no-such-model-xyz" in msg
+    assert "HF_HUB_OFFLINE" in msg and "local model folder" in msg
 
 
 @pytest.mark.slow
@@ -283,7 +288,10 @@ class ScriptedBackend:
         self.greedy, self.sampled = greedy, sampled
 
     def generate(self, model, prompts, num_generations=1, greedy=False, max_new_tokens=None) -> RolloutBatch:
-        texts = [self.greedy[p] for p in prompts] if greedy else [t for p in prompts for t in self.sampled[p][:num_generations]]
+        if greedy:
+            texts = [self.greedy[p] for p in prompts]
+        else:
+            texts = [t for p in prompts for t in self.sampled[p][:num_generations]]
         n, T = len(texts), max(len(t) for t in texts)
         mask = torch.tensor([[1] * len(t) + [0] * (T - len(t)) for t in texts])
         zeros = torch.zeros(n, 1, dtype=torch.long)
@@ -310,7 +318,7 @@ def test_evaluate_counts_only_full_credit_as_right():
     from accelerate import Accelerator
 
     rows = [{"prompt": "p", "answer": "1"}]
-    partial = lambda completions, **cols: [0.1 for _ in completions]  # noqa: E731 - e.g. TinyZero's format score
+    partial = lambda completions, **cols: [0.1 for _ in completions]
     out = evaluate(None, ScriptedBackend({"p": "x"}, {}), rows, Accelerator(cpu=True), 4, 8, accuracy_fn=partial)
     assert out["eval/accuracy"] == 0.0
 
