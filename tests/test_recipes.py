@@ -340,3 +340,28 @@ def test_standalone_evaluate_command(tmp_path):
     bad = run(["-m", "grpo.evaluate", "nobody/no-such-model-xyz", "--task", "arithmetic"])
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: cannot load model 'nobody/no-such-model-xyz'")
+
+
+@pytest.mark.parametrize("name, right, wrong", [
+    ("qwen2.5-0.5b-gsm8k", "so the answer is \\boxed{{{gold}}}", "<think>x</think><answer>{gold}</answer>"),
+    ("qwen2.5-3b-countdown", "{equation}</think><answer>{equation}</answer>", "x</think><answer>1 + 1</answer>"),
+])
+def test_eval_options_score_like_the_recipe_trains(name, right, wrong, tmp_path):
+    """eval_options(cfg, task) gives the eval reward and format reward the recipe's template and kwargs."""
+    from grpo.data import get_task
+    from grpo.evaluate import eval_options
+
+    cfg = load_config(["--config", recipe(name), "--smoke", "--output_dir", str(tmp_path / "o")])
+    task = get_task(cfg.task, **cfg.task_kwargs)
+    opts = eval_options(cfg, task)
+    row = task.eval_rows[0]
+    cols = {k: [row[k]] * 2 for k in row if k != "prompt"}
+    equation = f"{row['nums'][0]} + {row['nums'][1]} - {row['nums'][2]}" if "nums" in row else ""
+    if "nums" in row and len(row["nums"]) == 4:
+        equation += f" + {row['nums'][3]}"
+    texts = [right.format(gold=row["answer"], equation=equation), wrong.format(gold=row["answer"])]
+    # A boxed answer is right for the boxed recipe and the R1 tags are not; for countdown (prefilled <think>)
+    # a right equation is right and a wrong one gets TinyZero's 0.1 format score, which is not "right".
+    assert opts["accuracy_fn"](completions=texts, **cols) == ([1.0, 0.0] if "gsm8k" in name else [1.0, 0.1])
+    assert opts["format_fn"](completions=texts[:1], **cols)[0] == 1.0
+    assert opts["pass_k"] == cfg.eval_pass_k
