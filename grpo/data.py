@@ -9,6 +9,20 @@ Its prompt is the R1-Zero template in miniature: the completion is expected to t
 ``<think></think>`` and answer inside ``<answer></answer>``. ``scripts/make_tiny_base.py`` pretrains the
 tiny model on completions written by :func:`solution_direct`, :func:`solution_steps` and
 :func:`solution_malformed`, so this file is the single source of the task's text format.
+
+Real datasets (loaded with ``datasets`` by hub name or from local JSONL/JSON/Parquet/CSV files):
+
+* ``gsm8k``: ``openai/gsm8k``; the gold is the number after ``####``.
+* ``math``: MATH train levels 3-5, evaluated on MATH-500; the gold is the ``answer`` column or the last
+  ``\\boxed{}`` of the solution.
+* ``countdown``: ``Jiayi-Pan/Countdown-Tasks-3to4`` (TinyZero); rows keep ``target`` and ``nums``.
+* ``dataset``: any dataset, with ``question_field`` / ``answer_field`` naming its columns.
+
+Gold answers are normalised into ``answer`` and parsed once at load time (``rewards.accuracy.parse_golds``);
+a bad row is an error naming its index, or with ``on_bad_row: skip`` is dropped and counted. Prompts use a
+template (:func:`render_prompt`): DeepSeek-R1's Table 1 text (``r1``), Qwen-Math's boxed prompt
+(``qwen_math``), the model's chat template (``chat``), optionally ending in a prefilled ``<think>``. A finite
+dataset streams through :class:`DatasetStream`: shuffled with the seed, a new shuffle every epoch, resumable.
 """
 
 from __future__ import annotations
