@@ -6,6 +6,7 @@ Protocol: the parent writes one JSON object per line on stdin and reads one per 
   ``ok`` is True when every prediction verifies against the gold (``verify(gold, pred)``, gold FIRST).
 - ``{"op": "gold", "gold": str, "soft_s": float}`` -> ``{"ok": bool, "status": str}``: does the gold parse?
 
+- ``{"op": "clear"}``: benchmark hook; forgets every parsed gold and sympy's cache.
 - ``{"op": "hang", "seconds": float}``: test hook; sleeps with the timer signal blocked, standing for C code
   that ignores signals, which only the parent's hard deadline stops.
 
@@ -85,6 +86,12 @@ def main() -> None:
             time.sleep(float(req.get("seconds", 3600)))
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
             return {"ok": False, "status": "ok"}
+        if req["op"] == "clear":  # benchmark hook: forget every parsed expression (ours and sympy's caches)
+            from sympy.core.cache import clear_cache
+
+            parse_gold.cache_clear()
+            clear_cache()
+            return {"ok": True, "status": "ok"}
         gold = parse_gold(req["gold"])
         if not gold:
             return {"ok": False, "status": "bad_gold"}

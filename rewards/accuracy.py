@@ -46,6 +46,7 @@ _WRAPPERS = [(r"\(", r"\)"), (r"\[", r"\]"), ("$$", "$$"), ("$", "$")]
 _SPACING = re.compile(r"(?<!\\)(?:\\[,!;: ]|\\quad|\\qquad|\\displaystyle|\\left|\\right)|~")
 _TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}$")
 _THOUSANDS = re.compile(r"(?<=\d)(?:,|\{,\}|\\,| )(?=\d{3}(?!\d))")
+_THOUSANDS_BANG = re.compile(r"(?<=\d),\s*\\!\s*(?=\d{3}(?!\d))")
 _FRAC = re.compile(r"^([-+]?)\\[dt]?frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))$")
 _SCI = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)[eE][-+]?\d{1,4}$")
 _ARITH_CHARS = re.compile(r"^[\d\s.+\-*/()]+$")
@@ -162,6 +163,7 @@ def extract_answer(text: str, answer_format: str = "r1", max_chars: int = 65536)
 def clean(answer: str) -> str:
     """Strip math delimiters, ``\\text{}`` wrappers, LaTeX spacing, a final period, and normalise minus signs."""
     s = answer.strip().replace("\u2212", "-").replace("\u2013", "-")
+    s = _THOUSANDS_BANG.sub(",", s)  # "11,\\! 111" is one number typeset with a negative thin space
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = _SPACING.sub(lambda m: " " if m.group(0) in ("\\ ", "~", "\\quad", "\\qquad") else "", s).strip()
     for _ in range(3):
