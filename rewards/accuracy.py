@@ -57,6 +57,9 @@ _NAME = re.compile(r"^\s*\\?[A-Za-z]{1,10}(?:_\{?\w+\}?)?(?:\s*\(\s*\\?[A-Za-z]+
 # Pathological inputs for a CAS: exponents inside exponents, huge exponent or factorial literals.
 _BIG_EXPONENT = re.compile(r"(?:\^|\*\*)\s*\{?\s*\d{5,}")
 _PLAIN_TOWER = re.compile(r"\^\s*\\?\w\s*\^|\*\*\s*\(?\s*[\w.]+\s*\*\*")  # 9^9^9 (LaTeX: one-token exponent), 9**9**9
+_BRACE = re.compile(r"(?<!\\)[{}]")  # an unescaped brace (\{ is a literal brace in LaTeX)
+_TOKEN = re.compile(r"[^\s$]+")
+_OPEN_BRACE = re.compile(r"\s*\{")
 _BIG_FACTORIAL = re.compile(r"\d{4,}\s*\}?\s*!")
 MAX_DEPTH = 24
 
@@ -86,31 +89,37 @@ class Gold:
 
 
 def boxed_contents(text: str) -> list[str] | None:
-    """Contents of every ``\\boxed{…}`` / ``\\fbox{…}`` (``\\boxed 5`` too); ``None`` if one is unbalanced."""
+    """Contents of every top-level ``\\boxed{…}`` / ``\\fbox{…}`` (``\\boxed 5`` too); ``None`` if one is unbalanced.
+
+    Boxes nested inside a box belong to its content, so the scan never re-reads text: linear time, even for
+    ``\\boxed{\\boxed{…}}`` nested thousands deep.
+    """
     out = []
-    for m in _BOX.finditer(text):
+    pos = 0
+    while True:
+        m = _BOX.search(text, pos)
+        if m is None:
+            return out
         i = m.end()
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                if text[j] == "{" and text[j - 1] != "\\":
-                    depth += 1
-                elif text[j] == "}" and text[j - 1] != "\\":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if depth != 0:
+            depth, j = 0, -1
+            for brace in _BRACE.finditer(text, i):  # jump from brace to brace: fast on long text
+                depth += 1 if brace.group(0) == "{" else -1
+                if depth == 0:
+                    j = brace.start()
+                    break
+            if j < 0:
                 return None
             out.append(text[i + 1 : j])
+            pos = j + 1
         else:  # "\boxed 5": one token
-            m2 = re.match(r"[^\s$]+", text[i:])
+            m2 = _TOKEN.match(text, i)
             if m2 is None:
                 return None
             out.append(m2.group(0))
-    return out
+            pos = m2.end()
 
 
 def _single(values: list[str]) -> str | None:
@@ -236,8 +245,7 @@ def _has_tower(s: str) -> bool:
         if ch == "^":
             if exp_depth or (last_close >= 0 and s[last_close + 1 : i].strip() == ""):  # nested, or "^{9}^{9}"
                 return True
-            rest = s[i + 1 :].lstrip()
-            if rest.startswith("{"):
+            if _OPEN_BRACE.match(s, i + 1):
                 exp_depth.append(depth)
         elif ch == "{":
             depth += 1

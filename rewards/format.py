@@ -24,6 +24,7 @@ _TAG = re.compile(r"</?(?:think|answer)>")
 # One think block, one answer block, whitespace only outside them. Tags inside the blocks are rejected
 # separately by counting, so "<think><think></think>" cannot pass.
 _STRICT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
+_BOX = re.compile(r"\\(?:boxed|fbox)")
 _AFTER_BOX = re.compile(r"(?:\s|\$|\\\]|\\\)|[.!])*")
 TEMPLATES = ("r1", "boxed")
 
@@ -54,7 +55,7 @@ def is_boxed_format(text: str) -> bool:
     boxes = boxed_contents(text)
     if boxes is None or len(boxes) != 1 or not boxes[0].strip():
         return False
-    start = text.find("{", max(text.rfind("\\boxed"), text.rfind("\\fbox")))
+    start = text.find("{", _BOX.search(text).end())  # the one top-level box is the first one
     if start < 0 or text[start + 1 : start + 1 + len(boxes[0])] != boxes[0]:
         return False  # "\boxed 5" without braces is not the format
     end = start + len(boxes[0]) + 2  # just after the closing brace

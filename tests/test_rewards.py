@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import sys
+import time
 import types
 from fractions import Fraction
 from importlib.metadata import EntryPoint
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 import rewards
-from rewards.accuracy import accuracy_reward, extract_answer, parse_gold, parse_golds, plain_value
+from rewards.accuracy import accuracy_reward, boxed_contents, extract_answer, parse_gold, parse_golds, plain_value
 from rewards.arith import ArithError, evaluate
 from rewards.combine import RewardError, build_rewards, score
 from rewards.countdown import countdown_reward
@@ -43,6 +44,8 @@ EXTRACT = {
     "empty block": (r1("   "), "r1", None),
     "nested think in answer": (r1("<think>1</think>"), "r1", None),
     "unbalanced box": (r1("\\boxed{12"), "r1", None),
+    "nested same box": (r1("\\boxed{\\boxed{12}}"), "r1", "\\boxed{12}"),
+    "escaped brace inside box": (r1("\\boxed{\\{1, 2\\}}"), "r1", "\\{1, 2\\}"),
     "boxed mode": ("so $\\boxed{\\frac{1}{2}}$.", "boxed", "\\frac{1}{2}"),
     "boxed mode no box": ("the answer is 3", "boxed", None),
     "boxed mode two boxes": ("\\boxed{3} or \\boxed{4}", "boxed", None),
@@ -56,6 +59,15 @@ EXTRACT = {
 @pytest.mark.parametrize("text,fmt,expected", EXTRACT.values(), ids=EXTRACT.keys())
 def test_extract_answer(text, fmt, expected):
     assert extract_answer(text, fmt) == expected
+
+
+def test_boxes_are_scanned_in_linear_time():
+    nested = "\\boxed{" * 20000 + "1" + "}" * 20000  # 160 kB of nested boxes: one top-level box
+    t = time.perf_counter()
+    assert len(boxed_contents(nested)) == 1
+    assert format_reward([nested], template="boxed") == [1.0]
+    assert accuracy_reward([nested], answer=["1"], answer_format="boxed", max_completion_chars=1 << 20) == [0.0]
+    assert time.perf_counter() - t < 2.0
 
 
 def test_extract_answer_caps_length():
@@ -476,9 +488,20 @@ def test_bad_return_values_are_errors(monkeypatch, name, message):
 
 def test_builtin_rewards_never_raise_on_adversarial_text():
     nasty = ["", "<answer>", "</answer><answer>", "<think>" * 1000, "\\boxed{" * 1000, "}" * 1000,
-             r1("\\frac{1}{0}"), r1("1/0"), r1("0/0"), r1("\x00\ud800"), r1("$" * 50), r1("\\boxed{\\boxed{\\boxed{1}}}")]
+             r1("\\frac{1}{0}"), r1("1/0"), r1("0/0"), r1("\x00\ud800"), r1("$" * 50), r1("\\boxed{" * 40 + "1" + "}" * 40)]
     columns = {"answer": ["1"] * len(nasty), "target": [1] * len(nasty), "nums": [[1]] * len(nasty)}
     for name in ("accuracy", "format", "tag_count", "countdown"):
         values = rewards.get(name)(completions=nasty, **columns)
         assert len(values) == len(nasty) and all(isinstance(v, float) and 0 <= v <= 1 for v in values), name
     assert rewards.get("accuracy")(completions=nasty, **columns) == [0.0] * len(nasty)
+
+
+def test_builtin_rewards_are_fast_on_1mb_text():
+    huge = ["<think>" + "x" * (1 << 20) + "</think><answer>1</answer>", "<answer>" * (1 << 17), "{" * (1 << 20),
+            r1("(" * (1 << 19) + ")" * (1 << 19))]
+    columns = {"answer": ["1"] * 4, "target": [1] * 4, "nums": [[1]] * 4, "completion_lengths": [1] * 4}
+    for name in ("accuracy", "format", "tag_count", "countdown"):
+        t = time.perf_counter()
+        values = rewards.get(name)(completions=huge, **columns)
+        assert len(values) == 4 and time.perf_counter() - t < 2.0, name
+    assert rewards.get("accuracy")(completions=huge, **columns) == [0.0] * 4  # over the length cap: 0 unparsed
