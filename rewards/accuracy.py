@@ -21,7 +21,8 @@ worker pool of ``rewards/sandbox.py`` with a hard per-call deadline. Completions
 CAS (exponent towers, huge exponents or factorials, deep nesting) score 0 without being parsed.
 
 Metrics (reported through ``rewards.report``, logged as ``rewards/accuracy/<key>``): ``timeouts``,
-``math_verify_calls``, ``rejected`` (pathological answers refused unparsed), ``bad_gold``.
+``math_verify_calls``, ``rejected`` (pathological answers refused unparsed), ``bad_gold``,
+``worker_failures`` (math-verify raised, a worker died, or workers cannot start; those samples score 0).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from rewards.arith import ArithError, evaluate
 from rewards.sandbox import get_pool
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+ANSWER_FORMATS = ("r1", "boxed", "auto")
 _TAGS = ("<answer", "</answer", "<think", "</think")
 _BOX = re.compile(r"\\(?:boxed|fbox)")
 # math delimiters and wrappers that carry no meaning around a final answer
@@ -432,6 +434,10 @@ def accuracy_reward(completions: list[str], answer: list[str], answer_format: st
         >>> accuracy_reward(["<think>8+9=17</think><answer>17</answer>"], answer=["17"])
         [1.0]
     """
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"accuracy: answer_format must be one of {', '.join(ANSWER_FORMATS)}; got {answer_format!r}")
+    if not deadline_s > 0:
+        raise ValueError(f"accuracy: deadline_s must be > 0 seconds, got {deadline_s!r}")
     n = len(completions)
     out: list[float | None] = [0.0] * n
     jobs: dict[tuple, list[int]] = {}
@@ -460,12 +466,13 @@ def accuracy_reward(completions: list[str], answer: list[str], answer_format: st
             jobs.setdefault(key, []).append(i)
     keys = list(jobs)
     results = get_pool(workers).run([{"op": "verify", "gold": k[0], "preds": list(k[1])} for k in keys], deadline_s)
-    timeouts = bad_gold = 0
+    timeouts = bad_gold = failures = 0
     for key, res in zip(keys, results):
         for i in jobs[key]:
             out[i] = 1.0 if res.ok else 0.0
         timeouts += res.status == "timeout"
         bad_gold += res.status == "bad_gold"
+        failures += res.status in ("error", "crash", "unavailable")
         if res.status in ("ok", "bad_gold", "timeout"):  # a timeout repeats: remember the 0 instead of re-paying it
             with _VERDICTS_LOCK:
                 _VERDICTS[key] = res.ok
@@ -475,4 +482,5 @@ def accuracy_reward(completions: list[str], answer: list[str], answer_format: st
     report("math_verify_calls", len(keys))
     report("rejected", rejected)
     report("bad_gold", bad_gold)
+    report("worker_failures", failures)  # math-verify raised, a worker died, or workers cannot start
     return out

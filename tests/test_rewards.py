@@ -505,3 +505,10 @@ def test_builtin_rewards_are_fast_on_1mb_text():
         values = rewards.get(name)(completions=huge, **columns)
         assert len(values) == 4 and time.perf_counter() - t < 2.0, name
     assert rewards.get("accuracy")(completions=huge, **columns) == [0.0] * 4  # over the length cap: 0 unparsed
+
+
+def test_accuracy_rejects_bad_kwargs():
+    with pytest.raises(ValueError, match="answer_format must be one of r1, boxed, auto"):
+        accuracy_reward([None], answer=["1"], answer_format="xml")
+    with pytest.raises(ValueError, match="deadline_s must be > 0"):
+        accuracy_reward([r1("1")], answer=["1"], deadline_s=0)

@@ -141,3 +141,14 @@ def test_shutdown_stops_workers_and_pool_restarts():
     assert all(p.poll() is not None for p in procs)  # exited, reaped: nothing leaks
     assert accuracy_reward([r1("\\sqrt{4}")], answer=["2"]) == [1.0]  # a fresh pool starts on demand
     assert sandbox.get_pool().pid == os.getpid()
+
+
+def test_workers_that_cannot_start_give_zero_not_a_hang(monkeypatch, capsys):
+    monkeypatch.setattr(sandbox, "_WORKER_FILE", "/nonexistent/_mv_worker.py")
+    pool = sandbox.VerifyPool(2)
+    t = time.perf_counter()
+    results = pool.run([{"op": "verify", "gold": "1", "preds": ["1"]}] * 3, deadline_s=1.0)
+    assert [r.status for r in results] == ["unavailable"] * 3 and not any(r.ok for r in results)
+    assert time.perf_counter() - t < 30
+    assert "math-verify workers cannot start" in capsys.readouterr().err
+    pool.close()
