@@ -443,10 +443,7 @@ def accuracy_reward(completions: list[str], answer: list[str], answer_format: st
     jobs: dict[tuple, list[int]] = {}
     rejected = 0
     for i, (completion, gold_text) in enumerate(zip(completions, answer)):
-        try:
-            gold = _gold_structure(str(gold_text))
-        except ValueError as e:
-            raise ValueError(f"sample {i}: {e}") from None
+        gold = _gold_structure(str(gold_text))  # ValueError names the gold; score() adds the sample index
         pred = extract_answer(completion, answer_format, max_completion_chars)
         if pred is None:
             continue

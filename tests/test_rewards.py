@@ -221,9 +221,11 @@ def test_parse_golds_names_the_row():
         parse_golds(["1", "\\sqrt{2}", None])
 
 
-def test_accuracy_bad_gold_raises_naming_sample():
-    with pytest.raises(ValueError, match="sample 1.*empty"):
+def test_accuracy_bad_gold_is_one_clear_error_naming_sample():
+    with pytest.raises(ValueError, match="gold answer '' is empty"):
         accuracy_reward([r1("1"), r1("2")], answer=["1", ""])
+    with pytest.raises(RewardError, match="reward 'accuracy' failed on sample 1 .*gold answer '' is empty"):
+        score(build_rewards({"accuracy": 1.0}), [r1("1"), r1("2")], _rows(["1", ""]), ["p", "p"])
 
 
 # --- format and tag_count ------------------------------------------------------------------------------
