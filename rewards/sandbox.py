@@ -147,6 +147,8 @@ class VerifyPool:
                 if self.broken:
                     for i in list(pending) + [w.job for w in self.workers if w.job is not None]:
                         results[i] = Result(False, "unavailable")
+                    for w in self.workers:
+                        w.job = None
                     break
                 now = time.monotonic()
                 for w in list(self.workers):
