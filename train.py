@@ -27,10 +27,11 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from grpo.trainer import Trainer, TrainingError  # heavy imports only after the config is known to be good
+    from rewards.combine import RewardError
 
     try:
         Trainer(cfg).train()
-    except TrainingError as e:
+    except (TrainingError, RewardError) as e:  # a stuck run or a raising verifier: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
     except ConfigError as e:  # found while loading: a model or dataset that cannot be reached, a bad row

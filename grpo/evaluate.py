@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 import rewards as reward_registry
-from grpo.rollout import HFGenerateBackend
+from grpo.rollout import CompactSampler, HFGenerateBackend
 
 RewardFn = Callable[..., list]
 
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     acc = Accelerator(cpu=not torch.cuda.is_available())
     model = model.to(acc.device)
     task.bind_tokenizer(tokenizer)
-    backend = HFGenerateBackend(tokenizer, s["max_new_tokens"], temperature=s["temperature"])
+    backend = CompactSampler(tokenizer, s["max_new_tokens"], temperature=s["temperature"])
     result = evaluate(model, backend, task.eval_rows, acc, s["batch_size"], s["max_new_tokens"],
                       accuracy_fn=accuracy_fn, format_fn=format_fn, pass_k=s["pass_k"], keep_samples=bool(args.output))
     if acc.is_main_process:

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import gather_object, set_seed
 from torch import Tensor
 from transformers import get_scheduler
 
 from grpo import core
 from grpo.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_logs, save_checkpoint
 from grpo.config import GRPOConfig, resolve_model_path
-from grpo.evaluate import evaluate
+from grpo.evaluate import eval_options, evaluate
 from grpo.model import load_policy, load_reference, load_tokenizer, reference_context, save_final
 from grpo.data import get_task
 from grpo.logging import MetricsLogger, tracker_names
@@ -84,6 +85,10 @@ class Trainer:
         # `accelerate launch --multi_gpu --num_processes 2` (or torchrun) runs 2 gloo ranks on a CPU machine.
         # Length buckets are extra accumulation micro-steps: one optimizer step still covers the whole batch.
         self.micro_steps = cfg.gradient_accumulation_steps * cfg.update_buckets
+        # accelerate keeps its settings (mixed precision, accumulation) in a process-wide singleton; an earlier
+        # Accelerator in this process (another trainer, a TRL run) must not leak e.g. bf16 autocast into ours.
+        # The distributed process group (PartialState) is kept.
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                                        gradient_accumulation_steps=self.micro_steps,
                                        log_with=tracker_names(cfg) or None, project_dir=cfg.output_dir)
@@ -312,7 +317,7 @@ class Trainer:
         m.update(update_metrics)
         m.setdefault("skipped_update", 0.0)
         m["learning_rate"] = self.scheduler.get_last_lr()[0]
-        m.update(collect_metrics)
+        m.update(self._sum_over_ranks(collect_metrics))
         m["time/update_s"], m["time/step_s"] = t3 - t2, t3 - t0
         counts = acc.reduce(torch.tensor([batch.lengths.sum().item(), len(batch.completions)], device=acc.device),
                             reduction="sum").tolist()
@@ -321,13 +326,34 @@ class Trainer:
         m["throughput/completion_tokens_per_s"] = total_tokens / max(m["time/rollout_s"], 1e-9)
         return m
 
+    def _sum_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Counters summed over ranks (reward timeouts, errors...); times and rounds: the slowest rank.
+
+        ``gather_object`` rather than ``reduce``: ranks may hold different keys (a counter only some hit).
+        """
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return metrics
+        out: dict[str, float] = {}
+        for rank_metrics in gather_object([metrics]):
+            for k, v in rank_metrics.items():
+                if k.startswith(("time/", "dynamic_sampling/rounds")):
+                    out[k] = max(out.get(k, v), v)
+                elif k.startswith("dynamic_sampling/"):  # fractions: mean over ranks
+                    out[k] = out.get(k, 0.0) + v / acc.num_processes
+                else:
+                    out[k] = out.get(k, 0.0) + v
+        return out
+
     # --- evaluation --------------------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
         """Greedy pass@1 on the task's held-out rows (all ranks take part)."""
         cfg = self.cfg
+        # The eval reward and format reward get the run's kwargs (boxed answers, prefilled <think>...).
         return evaluate(self.accelerator.unwrap_model(self.model), self.backend, self.task.eval_rows, self.accelerator,
-                        cfg.eval_batch_size, cfg.eval_max_completion_length or cfg.max_completion_length)
+                        cfg.eval_batch_size, cfg.eval_max_completion_length or cfg.max_completion_length,
+                        **eval_options(cfg, self.task))
 
     # --- the loop ----------------------------------------------------------------------------------------
 

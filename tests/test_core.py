@@ -361,7 +361,7 @@ def test_bad_input_raises_one_clear_line(call, message: str) -> None:
 @pytest.fixture(scope="module")
 def trl_trainers(tmp_path_factory: pytest.TempPathFactory):
     """A real GRPOTrainer and RLOOTrainer on the bundled tiny model (built in ~0.2 s each, offline)."""
-    trl = pytest.importorskip("trl")
+    import trl  # a test dependency: its absence must fail, not skip
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -373,7 +373,7 @@ def trl_trainers(tmp_path_factory: pytest.TempPathFactory):
         return [0.0] * len(completions)
 
     common = {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 8, "report_to": [],
-              "use_cpu": True, "save_strategy": "no", "logging_strategy": "no"}
+              "use_cpu": True, "bf16": False, "save_strategy": "no", "logging_strategy": "no"}
     grpo_args = trl.GRPOConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), **common)
     rloo_args = trl.RLOOConfig(output_dir=str(tmp_path_factory.mktemp("rloo")), **common)
     grpo = trl.GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(TINY), reward_funcs=zero_reward,

@@ -82,9 +82,9 @@ from grpo.trainer import Trainer
 cfg = load_config({args!r})
 trainer = Trainer(cfg)
 trainer.logger.start()
-trainer.step(1)
+trainer.logger.log(1, trainer.step(1))
 trainer.save_checkpoint(1)
-trainer.step(2)
+trainer.logger.log(2, trainer.step(2))
 real_save = Accelerator.save_state
 def dying_save(self, output_dir, **kw):
     real_save(self, output_dir, **kw)  # the weights are on disk, the state file is not yet

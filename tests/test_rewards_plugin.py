@@ -61,6 +61,7 @@ def test_train_stops_with_one_clear_error_from_a_raising_verifier(tmp_path):
     assert proc.returncode != 0
     assert "reward 'mymod:broken' failed on sample 0" in proc.stderr
     assert "RuntimeError: my verifier is broken" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 UNIT_CASES = {
