@@ -130,6 +130,28 @@ class _Backend:
     def sync_weights(self, model: PreTrainedModel) -> None:
         """Push updated policy weights to the engine (no-op when the engine *is* the training model)."""
 
+    @torch.no_grad()
+    def generate(self, model: PreTrainedModel, prompts: list[str], num_generations: int = 1, greedy: bool = False,
+                 max_new_tokens: int | None = None) -> RolloutBatch:
+        """Sample ``num_generations`` completions per prompt (greedy: the argmax). B prompts -> RolloutBatch of
+        N = B x G, whatever the backend."""
+        max_new = max_new_tokens or self.max_completion_length
+        device = next(model.parameters()).device
+        prompt_ids, prompt_mask = self.encode(prompts, num_generations, device)
+        was_training = model.training
+        model.eval()
+        try:
+            completion_ids = self.decode(model, prompt_ids, prompt_mask, num_generations, greedy, max_new)
+        finally:
+            model.train(was_training)
+        return self.finish(prompt_ids, prompt_mask, completion_ids, prompts, num_generations)
+
+    def decode(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int,
+               greedy: bool, max_new: int) -> Tensor:
+        """The backend's sampling loop. prompt_ids, prompt_mask (N, P), G copies of each prompt adjacent ->
+        completion ids (N, T <= max_new); anything after an EOS is ignored by :meth:`finish`."""
+        raise NotImplementedError
+
 
 def _cache_kwarg(model: PreTrainedModel) -> str:
     """The forward argument that takes a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
@@ -146,23 +168,17 @@ class CompactSampler(_Backend):
     distribution as ``generate`` with temperature / top-k / top-p sampling.
     """
 
-    @torch.no_grad()
-    def generate(self, model: PreTrainedModel, prompts: list[str], num_generations: int = 1, greedy: bool = False,
-                 max_new_tokens: int | None = None) -> RolloutBatch:
-        """Sample ``num_generations`` completions per prompt. B prompts -> RolloutBatch of N = B x G."""
+    def decode(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int,
+               greedy: bool, max_new: int) -> Tensor:
+        """Prefill once per prompt, then decode only the live rows. (N, P) -> completion ids (N, max_new)."""
         from transformers import DynamicCache
 
-        max_new = max_new_tokens or self.max_completion_length
-        device = next(model.parameters()).device
-        prompt_ids, prompt_mask = self.encode(prompts, num_generations, device)
+        device = prompt_ids.device
         N, G = prompt_ids.size(0), num_generations
-        pad = self.tokenizer.pad_token_id
-        out = torch.full((N, max_new), pad, dtype=torch.long, device=device)
+        out = torch.full((N, max_new), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
         eos = torch.tensor(self.eos_ids, device=device)
         suppress = self.generation_kwargs.get("suppress_tokens") or []
         min_new = int(self.generation_kwargs.get("min_new_tokens", 0))
-        was_training = model.training
-        model.eval()
         cache = DynamicCache()
         kw = _cache_kwarg(model)
         mask = prompt_mask
@@ -195,8 +211,7 @@ class CompactSampler(_Backend):
             logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                            **{kw: cache}, use_cache=True).logits[:, -1]
             next_pos = next_pos + 1
-        model.train(was_training)
-        return self.finish(prompt_ids, prompt_mask, out, prompts, num_generations)
+        return out
 
 
 @register_backend("hf")
@@ -225,19 +240,12 @@ class HFGenerateBackend(_Backend):
         return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=tok.pad_token_id,
                                 bos_token_id=tok.bos_token_id, **opts, **self.generation_kwargs)
 
-    @torch.no_grad()
-    def generate(self, model: PreTrainedModel, prompts: list[str], num_generations: int = 1, greedy: bool = False,
-                 max_new_tokens: int | None = None) -> RolloutBatch:
-        """Sample ``num_generations`` completions for each prompt. B prompts -> RolloutBatch of N = B x G."""
-        max_new = max_new_tokens or self.max_completion_length
-        device = next(model.parameters()).device
-        prompt_ids, prompt_mask = self.encode(prompts, num_generations, device)
-        was_training = model.training
-        model.eval()
+    def decode(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int,
+               greedy: bool, max_new: int) -> Tensor:
+        """``model.generate`` on the repeated prompts. (N, P) -> completion ids (N, T)."""
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                              generation_config=self._generation_config(greedy, max_new))
-        model.train(was_training)
-        return self.finish(prompt_ids, prompt_mask, out[:, prompt_ids.size(1):], prompts, num_generations)
+        return out[:, prompt_ids.size(1):]
 
 
 @register_backend("vllm")
@@ -273,15 +281,11 @@ class VLLMBackend(_Backend):
             engine_model.load_weights(model.state_dict().items())
         self.llm.reset_prefix_cache()
 
-    @torch.no_grad()
-    def generate(self, model: PreTrainedModel, prompts: list[str], num_generations: int = 1, greedy: bool = False,
-                 max_new_tokens: int | None = None) -> RolloutBatch:
-        """Sample with vLLM. B prompts -> RolloutBatch of N = B x G (padded like the other backends)."""
+    def decode(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int,
+               greedy: bool, max_new: int) -> Tensor:
+        """Sample with vLLM from the unpadded prompt ids. (N, P) -> completion ids (N, max_new)."""
         from vllm import SamplingParams
 
-        max_new = max_new_tokens or self.max_completion_length
-        device = next(model.parameters()).device
-        prompt_ids, prompt_mask = self.encode(prompts, num_generations, device)
         params = SamplingParams(n=1, max_tokens=max_new, temperature=0.0 if greedy else self.temperature,
                                 top_p=self.top_p, top_k=self.top_k if self.top_k > 0 else -1,
                                 stop_token_ids=self.eos_ids, **self.generation_kwargs)
@@ -291,7 +295,7 @@ class VLLMBackend(_Backend):
         for i, o in enumerate(outputs):
             ids = list(o.outputs[0].token_ids)[:max_new]
             completion[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return self.finish(prompt_ids, prompt_mask, completion.to(device), prompts, num_generations)
+        return completion.to(prompt_ids.device)
 
 
 def make_backend(name: str, tokenizer: PreTrainedTokenizerBase, **kwargs) -> _Backend:
