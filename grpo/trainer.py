@@ -81,14 +81,14 @@ class Trainer:
 
     def __init__(self, cfg: GRPOConfig):
         self.cfg = cfg
-        # accelerate wants mpirun for multi-process CPU unless told cpu=True; with cpu=True,
-        # `accelerate launch --multi_gpu --num_processes 2` (or torchrun) runs 2 gloo ranks on a CPU machine.
         # Length buckets are extra accumulation micro-steps: one optimizer step still covers the whole batch.
         self.micro_steps = cfg.gradient_accumulation_steps * cfg.update_buckets
         # accelerate keeps its settings (mixed precision, accumulation) in a process-wide singleton; an earlier
         # Accelerator in this process (another trainer, a TRL run) must not leak e.g. bf16 autocast into ours.
         # The distributed process group (PartialState) is kept.
         AcceleratorState._reset_state()
+        # accelerate wants mpirun for multi-process CPU unless told cpu=True; with cpu=True,
+        # `accelerate launch --multi_gpu --num_processes 2` (or torchrun) runs 2 gloo ranks on a CPU machine.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                                        gradient_accumulation_steps=self.micro_steps,
                                        log_with=tracker_names(cfg) or None, project_dir=cfg.output_dir)
@@ -162,8 +162,7 @@ class Trainer:
 
     def score(self, batch: RolloutBatch, rows: list[dict]) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
         """Rewards for a rollout batch. -> total (N,), per reward (N,) (NaN = None), reward metrics."""
-        out = score(self.rewards, batch.completions, rows, batch.prompts, completion_lengths=batch.lengths.tolist())
-        return out[0], out[1], (out[2] if len(out) > 2 else {})
+        return score(self.rewards, batch.completions, rows, batch.prompts, completion_lengths=batch.lengths.tolist())
 
     def collect(self) -> tuple[RolloutBatch, list[dict], Tensor, dict[str, Tensor], dict[str, float]]:
         """Rollout and score B prompts; with ``dynamic_sampling``, keep only groups whose rewards differ.
@@ -195,7 +194,10 @@ class Trainer:
             seen += B
             for g in range(B):
                 (kept if has_signal[g] else spare).append((batch, rows, rewards, per_reward, g))
-            if len(kept) >= B or rounds >= cfg.max_sampling_rounds:
+            # Every rank samples as many rounds as the neediest one: with sharded models (ZeRO-3, FSDP)
+            # generation is collective, so ranks must run the same number of rollouts.
+            need = torch.tensor([float(len(kept) < B and rounds < cfg.max_sampling_rounds)], device=self.accelerator.device)
+            if self.accelerator.reduce(need, reduction="sum").item() == 0:
                 break
         groups = (kept + spare)[:B]
         batch, rows, rewards, per_reward = self._gather_groups(groups)
