@@ -133,7 +133,9 @@ def main() -> None:
     trl_args = TRLConfig(
         output_dir=str(work / "trl"), use_cpu=not cuda, bf16=False, per_device_train_batch_size=batch,
         gradient_accumulation_steps=1, max_steps=total_steps, logging_steps=1, report_to=[], save_strategy="no",
-        generation_kwargs=gen_kwargs or None, seed=0, dataloader_num_workers=0, **common)
+        generation_kwargs=gen_kwargs or None, seed=0, dataloader_num_workers=0,
+        gradient_checkpointing=False,  # TRL's default is True: slower steps; neither side recomputes activations
+        **common)
     ds = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in data])
     times: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
     tokens: dict[str, list[float]] = {"trl": [], "grpo-zero": []}

@@ -57,6 +57,7 @@ class GRPOConfig:
     per_device_train_batch_size: int = _f(128, "Completions per micro-batch per process; x gradient_accumulation_steps must be divisible by num_generations.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step; the rollout batch per process is per_device_train_batch_size x this.")
     update_buckets: int = _f(4, "Each micro-batch is sorted by length and cut into this many buckets for the update, each padded only to its own longest sequence (less padding, same gradient).")
+    share_prompt_forward: bool = _f(True, "In the update, run each prompt once for its G completions and share its KV cache (same gradient, fewer FLOPs); off under gradient_checkpointing.")
     max_completion_length: int = _f(80, "Most tokens a completion may have; longer ones are cut (truncated).")
     # --- sampling
     temperature: float = _f(1.0, "Sampling temperature for rollouts (log-probs use the same temperature).")

@@ -34,8 +34,16 @@ from grpo.evaluate import eval_options, evaluate
 from grpo.model import load_policy, load_reference, load_tokenizer, reference_context, save_final
 from grpo.data import get_task
 from grpo.logging import MetricsLogger, tracker_names
-from grpo.rollout import RolloutBatch, concat, make_backend, select
+from grpo.rollout import RolloutBatch, _cache_kwarg, concat, make_backend, select
 from rewards.combine import build_rewards, score
+
+
+def _whole_groups(idx: Tensor, G: int) -> bool:
+    """True when ``idx`` lists whole groups, each as G consecutive rows g*G .. g*G+G-1."""
+    if idx.numel() % G:
+        return False
+    groups = idx.view(-1, G)
+    return bool((groups[:, 0] % G == 0).all() and (groups - groups[:, :1] == torch.arange(G, device=idx.device)).all())
 
 
 class TrainingError(RuntimeError):
@@ -81,8 +89,10 @@ class Trainer:
 
     def __init__(self, cfg: GRPOConfig):
         self.cfg = cfg
+        self.prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations
         # Length buckets are extra accumulation micro-steps: one optimizer step still covers the whole batch.
-        self.micro_steps = cfg.gradient_accumulation_steps * cfg.update_buckets
+        # A bucket holds whole groups, so there are at most as many micro-steps as prompts.
+        self.micro_steps = min(cfg.gradient_accumulation_steps * cfg.update_buckets, self.prompts_per_step)
         # accelerate keeps its settings (mixed precision, accumulation) in a process-wide singleton; an earlier
         # Accelerator in this process (another trainer, a TRL run) must not leak e.g. bf16 autocast into ours.
         # The distributed process group (PartialState) is kept.
@@ -99,7 +109,6 @@ class Trainer:
         self.rewards = build_rewards(cfg.rewards)
         self.task = get_task(cfg.task, **cfg.task_kwargs)
         self.stream = self.task.train_stream(cfg.seed * 1000 + acc.process_index)
-        self.prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations
 
         self.tokenizer = load_tokenizer(cfg)
         self.task.bind_tokenizer(self.tokenizer)  # chat-template prompts are rendered with the model's tokenizer
@@ -116,6 +125,8 @@ class Trainer:
             prompt_bucket=cfg.prompt_bucket, compile_generation=cfg.compile_generation,
             model_name_or_path=resolve_model_path(cfg.model_name_or_path),
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed)
+        # Gradient checkpointing turns the KV cache off in training, which prompt sharing needs.
+        self.share_prompts = cfg.share_prompt_forward and not cfg.gradient_checkpointing
         self.logger = MetricsLogger(cfg, acc, self.tokenizer)
         self.bad_steps = 0  # consecutive steps whose update was dropped as non-finite
         self._last_step_ok = True
@@ -127,29 +138,73 @@ class Trainer:
         """Log-probs of the sampled completion tokens for rows ``idx``. -> (n, T') and entropy (n, T') or None.
 
         The rows are trimmed to their own widths first (P' = longest real prompt, T' = longest completion
-        among them), so a micro-batch of short sequences costs what short sequences need. Only the T'
-        completion positions get logits (``logits_to_keep``), and log-softmax runs in chunks.
+        among them), so a micro-batch of short sequences costs what short sequences need. When ``idx`` holds
+        whole groups, each prompt runs once and its KV cache (with gradient) serves its G completions.
+        Only the T' completion positions get logits, and log-softmax runs in chunks.
         """
         prompt_mask, completion_mask = batch.prompt_mask[idx], batch.completion_mask[idx]
         P = int(prompt_mask.sum(dim=1).max().item())
         T = max(int(completion_mask.sum(dim=1).max().item()), 1)
         prompt_ids, completion_ids = batch.prompt_ids[idx][:, -P:], batch.completion_ids[idx][:, :T]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (n, P' + T')
-        attention = torch.cat([prompt_mask[:, -P:], completion_mask[:, :T]], dim=1)
-        position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
-        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                       logits_to_keep=T + 1).logits[:, :-1]  # (n, T', V): position t predicts token t
+        prompt_mask, completion_mask = prompt_mask[:, -P:], completion_mask[:, :T]
+        G = self.cfg.num_generations
+        if self.share_prompts and _whole_groups(idx, G):
+            logits = self._shared_prefix_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, G)
+        else:
+            input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (n, P' + T')
+            attention = torch.cat([prompt_mask, completion_mask], dim=1)
+            position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
+            logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                           logits_to_keep=T + 1).logits[:, :-1]  # (n, T', V): position t predicts token t
         logits = logits / self.cfg.temperature  # score under the distribution that sampled them
         logprobs = core.selective_log_softmax(logits, completion_ids)
         entropy = core.entropy_from_logits(logits.detach()) if with_entropy else None
         return logprobs, entropy
 
+    def _shared_prefix_logits(self, model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
+                              completion_ids: Tensor, completion_mask: Tensor, G: int) -> Tensor:
+        """Logits at the completion positions, computing each prompt once for its G rows. -> (n, T', V).
+
+        prompt_ids/mask (n, P'), completion_ids/mask (n, T'); rows come in whole groups of G identical
+        prompts. The prompt pass builds a KV cache that keeps its autograd graph; repeated G times it feeds
+        the completion pass, so the gradient through the prompt positions is the same as a full forward.
+        """
+        from transformers import DynamicCache
+
+        T = completion_ids.size(1)
+        cache = DynamicCache()
+        kw = _cache_kwarg(model)
+        pos = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+        # The wrapped model (DDP) is called once per micro-batch (below); the prompt pass uses the inner module,
+        # whose parameters' gradient hooks still fire once per backward.
+        inner = self.accelerator.unwrap_model(model)
+        first = inner(input_ids=prompt_ids[::G], attention_mask=prompt_mask[::G], position_ids=pos[::G],
+                      use_cache=True, logits_to_keep=1, **{kw: cache}).logits[:, -1:]  # (B', 1, V)
+        first = first.repeat_interleave(G, dim=0)  # (n, 1, V): predicts completion token 0
+        if T == 1:
+            return first
+        cache.batch_repeat_interleave(G)
+        attention = torch.cat([prompt_mask, completion_mask[:, : T - 1]], dim=1)
+        position_ids = pos[:, -1:] + 1 + torch.arange(T - 1, device=pos.device)[None, :]  # continue after the prompt
+        rest = model(input_ids=completion_ids[:, : T - 1], attention_mask=attention, position_ids=position_ids,
+                     use_cache=True, **{kw: cache}).logits  # (n, T' - 1, V): predicts tokens 1..T'-1
+        return torch.cat([first, rest], dim=1)
+
     def micro_batches(self, batch: RolloutBatch) -> list[Tensor]:
-        """Row indices of each micro-batch: rows sorted by real length, then cut into
-        ``gradient_accumulation_steps x update_buckets`` pieces, so each pads only to its own longest row."""
-        lengths = batch.prompt_mask.sum(dim=1) + batch.completion_mask.sum(dim=1)  # (N,)
-        order = torch.argsort(lengths.cpu(), stable=True).to(lengths.device)
-        return list(torch.tensor_split(order, self.micro_steps))
+        """Row indices of each micro-batch: whole groups sorted by their longest row, cut into
+        ``gradient_accumulation_steps x update_buckets`` pieces, so each pads only to its own longest row
+        and can share each prompt's forward among its G rows."""
+        G = self.cfg.num_generations
+        lengths = (batch.prompt_mask.sum(dim=1) + batch.completion_mask.sum(dim=1)).cpu()  # (N,)
+        group_len = lengths.view(-1, G).max(dim=1).values  # (B,)
+        order = torch.argsort(group_len, stable=True)
+        rows = (order[:, None] * G + torch.arange(G)[None, :]).reshape(-1)  # groups stay contiguous
+        return [r.to(batch.prompt_ids.device) for r in torch.tensor_split(rows, [k * G for k in self._group_splits()])]
+
+    def _group_splits(self) -> list[int]:
+        """Group boundaries of the ``micro_steps`` pieces (as even as whole groups allow)."""
+        B, k = self.prompts_per_step, self.micro_steps
+        return [(i * B) // k for i in range(1, k)]
 
     # --- one step ----------------------------------------------------------------------------------------
 

@@ -104,13 +104,15 @@ def test_unknown_backend_lists_known(tiny):
         make_backend("nope", tiny[1], max_completion_length=8)
 
 
-def test_length_buckets_give_the_same_update(tmp_path):
-    """Sorting by length and trimming padding per bucket changes the cost, not the gradient step."""
+@pytest.mark.parametrize("buckets, share", [("4", "false"), ("1", "true"), ("4", "true")])
+def test_buckets_and_shared_prompts_give_the_same_update(tmp_path, buckets, share):
+    """Length buckets (trimmed padding) and one prompt pass per group change the cost, not the gradient."""
     results = []
-    for buckets in ("1", "4"):
+    for buckets, share in (("1", "false"), (buckets, share)):
         torch.manual_seed(0)
         cfg = load_config(["--per_device_train_batch_size", "32", "--eval_steps", "0", "--task_kwargs",
-                           "{num_eval: 8}", "--output_dir", str(tmp_path / buckets), "--update_buckets", buckets,
+                           "{num_eval: 8}", "--output_dir", str(tmp_path / f"{buckets}{share}"),
+                           "--update_buckets", buckets, "--share_prompt_forward", share, "--num_generations", "4",
                            "--save_final_model", "false", "--learning_rate", "1e-3"])
         t = Trainer(cfg)
         grads = []
