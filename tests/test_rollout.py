@@ -108,17 +108,17 @@ def test_unknown_backend_lists_known(tiny):
 def test_buckets_and_shared_prompts_give_the_same_update(tmp_path, buckets, share):
     """Length buckets (trimmed padding) and one prompt pass per group change the cost, not the gradient."""
     results = []
-    for buckets, share in (("1", "false"), (buckets, share)):
+    for n_buckets, shared in (("1", "false"), (buckets, share)):  # the plain update first, then the variant
         torch.manual_seed(0)
         cfg = load_config(["--per_device_train_batch_size", "32", "--eval_steps", "0", "--task_kwargs",
-                           "{num_eval: 8}", "--output_dir", str(tmp_path / f"{buckets}{share}"),
-                           "--update_buckets", buckets, "--share_prompt_forward", share, "--num_generations", "4",
+                           "{num_eval: 8}", "--output_dir", str(tmp_path / f"{n_buckets}{shared}"),
+                           "--update_buckets", n_buckets, "--share_prompt_forward", shared, "--num_generations", "4",
                            "--save_final_model", "false", "--learning_rate", "1e-3"])
         t = Trainer(cfg)
         grads = []
         real_step = t._optimizer_step
 
-        def capture() -> float:
+        def capture(grads=grads, t=t, real_step=real_step) -> float:
             grads.extend(p.grad.detach().clone() for p in t.model.parameters())
             return real_step()
 
