@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 import rewards as reward_registry
+from rewards.combine import batch_columns
 from grpo.rollout import CompactSampler, HFGenerateBackend
 
 RewardFn = Callable[..., list]
@@ -34,9 +35,7 @@ RewardFn = Callable[..., list]
 
 def _columns(rows: list[dict]) -> dict[str, list]:
     """Dataset columns batched for a reward call (``prompt`` goes as ``prompts``, the TRL name)."""
-    cols = {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
-    cols["prompts"] = cols.pop("prompt", [])
-    return cols
+    return batch_columns(rows, [r.get("prompt") for r in rows])
 
 
 def _right(values: list) -> list[float]:

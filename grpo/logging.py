@@ -260,6 +260,7 @@ class MetricsLogger:
             "completions/p10_length": torch.quantile(lengths, 0.1).item(),
             "completions/p90_length": torch.quantile(lengths, 0.9).item(),
             "completions/clipped_ratio": truncated.mean().item(),
+            "completions/count": lengths.numel(),  # over all ranks: shows every rank contributed
         }
         for name, values in per_reward.items():
             v = gather(values)

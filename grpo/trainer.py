@@ -11,7 +11,6 @@ tokens.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -376,10 +375,7 @@ class Trainer:
         m["learning_rate"] = self.scheduler.get_last_lr()[0]
         m.update(self._sum_over_ranks(collect_metrics))
         m["time/update_s"], m["time/step_s"] = t3 - t2, t3 - t0
-        counts = acc.reduce(torch.tensor([batch.lengths.sum().item(), len(batch.completions)], device=acc.device),
-                            reduction="sum").tolist()
-        total_tokens = counts[0]
-        m["completions/count"] = int(counts[1])  # over all ranks: shows every rank contributed
+        total_tokens = m["completions/mean_length"] * m["completions/count"]  # all ranks' tokens
         m["throughput/completion_tokens_per_s"] = total_tokens / max(m["time/rollout_s"], 1e-9)
         return m
 
@@ -487,11 +483,12 @@ class Trainer:
 
     def _logged_eval(self, step: int) -> dict | None:
         """The eval row for ``step`` from the (restored) metrics.jsonl, for the summary after a resume."""
+        from grpo.plot import read_metrics  # matplotlib import: only on resume
+
         path = Path(self.cfg.output_dir) / "metrics.jsonl"
         if not path.is_file():
             return None
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
+        for row in read_metrics(path):
             if row.get("step") == step and "eval/accuracy" in row:
                 return {k: v for k, v in row.items() if k.startswith("eval/")}
         return None

@@ -132,6 +132,15 @@ def _run_one(spec: RewardSpec, completions: list[str], columns: dict) -> tuple[l
         return out, errors
 
 
+def batch_columns(rows: list[dict], prompts: list[str]) -> dict[str, list]:
+    """Dataset columns batched for a reward call: ``{column: [value per row]}``, with the prompts as
+    ``prompts`` (the TRL name) instead of the rows' ``prompt``."""
+    columns = {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}
+    columns.pop("prompt", None)
+    columns["prompts"] = list(prompts)
+    return columns
+
+
 def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], prompts: list[str],
           completion_lengths: list[int] | None = None) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
     """Weighted sum of rewards over N completions.
@@ -152,9 +161,7 @@ def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], pro
     Raises:
         RewardError: a reward raised under ``on_error: raise``, or returned the wrong number or kind of values.
     """
-    columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
-    columns.pop("prompt", None)  # passed as `prompts`, the TRL name
-    columns["prompts"] = list(prompts)
+    columns = batch_columns(rows, prompts)
     if completion_lengths is not None:
         columns["completion_lengths"] = [int(n) for n in completion_lengths]
     total = torch.zeros(len(completions))
