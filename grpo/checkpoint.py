@@ -125,3 +125,18 @@ def restore_logs(accelerator: Accelerator, checkpoint: str | Path, output_dir: s
         for log in Path(checkpoint).glob("*.jsonl"):
             shutil.copy2(log, Path(output_dir) / log.name)
     accelerator.wait_for_everyone()
+
+
+def resume_point(accelerator: Accelerator, output_dir: str | Path, resume_from_checkpoint: str | None,
+                 overwrite_output_dir: bool) -> Path | None:
+    """Where a run starts: ``resume_from_checkpoint`` if set; else, unless ``overwrite_output_dir`` (which deletes
+    the old checkpoints), the newest complete checkpoint in ``output_dir``; None starts fresh. All ranks call it."""
+    if resume_from_checkpoint:
+        return Path(resume_from_checkpoint)
+    if overwrite_output_dir:
+        if accelerator.is_main_process:
+            for old in list_checkpoints(output_dir):
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return None
+    return latest_checkpoint(output_dir)

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from grpo.signals import DEFAULT_REFLECTION_WORDS
+from grpo.reasoning import DEFAULT_REFLECTION_WORDS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"

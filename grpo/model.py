@@ -131,6 +131,35 @@ def load_reference(cfg: GRPOConfig, device: torch.device) -> PreTrainedModel | N
     return ref
 
 
+def make_accelerator(cfg: GRPOConfig, micro_steps: int, trackers: list[str]) -> Any:
+    """The run's ``Accelerator``: accumulation over ``micro_steps`` micro-batches, trackers, CPU threads."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps its settings (mixed precision, accumulation) in a process-wide singleton; an earlier
+    # Accelerator in this process (another trainer, a TRL run) must not leak e.g. bf16 autocast into ours.
+    # The distributed process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    # accelerate wants mpirun for multi-process CPU unless told cpu=True; with cpu=True,
+    # `accelerate launch --multi_gpu --num_processes 2` (or torchrun) runs 2 gloo ranks on a CPU machine.
+    acc = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=micro_steps,
+                      log_with=trackers or None, project_dir=cfg.output_dir)
+    if cfg.cpu_threads and acc.device.type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads)
+    return acc
+
+
+def build_optimizer(cfg: GRPOConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the trainable parameters and the ``lr_scheduler_type`` schedule over every optimizer step."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2))
+    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=cfg.max_steps * cfg.num_iterations)
+    return optimizer, scheduler
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """Peel DDP / FSDP / compile wrappers (``.module``, ``._orig_mod``) off ``model``."""
     while True:

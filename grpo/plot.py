@@ -10,7 +10,6 @@ canvas directly (no pyplot, no global backend switch), and the PNG is written to
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from grpo.run_record import read_metrics
 
 
 @dataclass(frozen=True)
@@ -46,26 +47,6 @@ PANELS: tuple[Panel, ...] = (
     Panel("reflection ratio", "reasoning/reflection_ratio", ylabel="share with reflection words"),
     Panel("clipped ratio", "completions/clipped_ratio", ylabel="share cut at max length"),
 )
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``metrics.jsonl`` (or of the one inside a run folder). A torn last line is skipped.
-
-    Raises:
-        FileNotFoundError: no metrics.jsonl there.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a run killed mid-write leaves half a line at the end
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -7,13 +7,14 @@ T = completion tokens (right-padded).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from grpo.policy import cache_kwarg
 
 ROLLOUT_BACKENDS: dict[str, type] = {}
 
@@ -153,12 +154,6 @@ class _Backend:
         raise NotImplementedError
 
 
-def _cache_kwarg(model: PreTrainedModel) -> str:
-    """The forward argument that takes a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
-
-
 @register_backend("compact")
 class CompactSampler(_Backend):
     """Decode loop over the model's own forward with a KV cache that drops finished sequences.
@@ -180,7 +175,7 @@ class CompactSampler(_Backend):
         suppress = self.generation_kwargs.get("suppress_tokens") or []
         min_new = int(self.generation_kwargs.get("min_new_tokens", 0))
         cache = DynamicCache()
-        kw = _cache_kwarg(model)
+        kw = cache_kwarg(model)
         mask = prompt_mask
         pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
         # Prefill each prompt once, then copy its KV cache to its G samples (G x less prefill work).

@@ -13,9 +13,12 @@ import pytest
 import torch
 import yaml
 
-from grpo import plot, signals
+from grpo import plot, reasoning
 from grpo.config import ConfigError, load_config, report_to_list
-from grpo.logging import format_duration, format_eval_line, format_step_line, summary_lines
+from grpo.logging import completion_records, format_eval_line, format_step_line
+from grpo.metrics import rollout_metrics_over_ranks
+from grpo.run_record import format_duration, summary_lines
+from grpo.types import StepBatch
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -225,17 +228,17 @@ def test_save_figure_atomic_keeps_old_png_when_drawing_fails(tmp_path, monkeypat
     ("", False),
 ])
 def test_has_reflection(text, expected):
-    assert signals.has_reflection(text) is expected
+    assert reasoning.has_reflection(text) is expected
 
 
 def test_reflection_words_are_configurable_and_escaped():
-    assert signals.has_reflection("Aha! an aha moment", ["aha moment"])
-    assert not signals.has_reflection("wait", ["aha"])
-    assert signals.has_reflection("x (sic) y", ["(sic)"])  # regex characters are literal
-    assert not signals.has_reflection("x sic y", ["(sic)"])
-    assert signals.reflection_pattern(["", "  "]) is None and not signals.has_reflection("wait", [])
-    assert signals.reflection_ratio(["wait", "ok", "Verify", "fine"]) == 0.5
-    assert math.isnan(signals.reflection_ratio([]))
+    assert reasoning.has_reflection("Aha! an aha moment", ["aha moment"])
+    assert not reasoning.has_reflection("wait", ["aha"])
+    assert reasoning.has_reflection("x (sic) y", ["(sic)"])  # regex characters are literal
+    assert not reasoning.has_reflection("x sic y", ["(sic)"])
+    assert reasoning.reflection_pattern(["", "  "]) is None and not reasoning.has_reflection("wait", [])
+    assert reasoning.reflection_ratio(["wait", "ok", "Verify", "fine"]) == 0.5
+    assert math.isnan(reasoning.reflection_ratio([]))
 
 
 @pytest.mark.parametrize("text, block", [
@@ -248,16 +251,16 @@ def test_reflection_words_are_configurable_and_escaped():
     ("x</think>y<think>z</think>", "x"),
 ])
 def test_think_block(text, block):
-    assert signals.think_block(text) == block
+    assert reasoning.think_block(text) == block
 
 
 def test_think_lengths_chars_and_custom_count():
     texts = ["<think>abcd</think>", "<think>ab</think>x", "no tags", "<think>a b c</think>"]
-    lengths = signals.think_lengths(texts)
+    lengths = reasoning.think_lengths(texts)
     assert lengths[:2] == [4.0, 2.0] and math.isnan(lengths[2]) and lengths[3] == 5.0
-    assert signals.mean_think_length(texts) == pytest.approx(11 / 3)  # the untagged text is left out
-    assert signals.mean_think_length(texts, count=lambda s: len(s.split())) == pytest.approx(5 / 3)
-    assert math.isnan(signals.mean_think_length(["none", "at all"]))
+    assert reasoning.mean_think_length(texts) == pytest.approx(11 / 3)  # the untagged text is left out
+    assert reasoning.mean_think_length(texts, count=lambda s: len(s.split())) == pytest.approx(5 / 3)
+    assert math.isnan(reasoning.mean_think_length(["none", "at all"]))
 
 
 # --- metrics from a batch, without a model ---------------------------------------------------------------
@@ -290,7 +293,8 @@ def test_rollout_metrics_lengths_percentiles_and_reasoning(tmp_path):
              "<think>a</think>", "<think>abc</think>", "no", "check"]
     batch = make_batch(texts, lengths=[1, 2, 3, 4, 5, 6, 7, 8], truncated=[False] * 7 + [True])
     rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
-    m = logger.rollout_metrics(batch, rewards, {"accuracy": rewards}, group_size=4)
+    m = rollout_metrics_over_ranks(logger.acc, rewards, batch.lengths, batch.truncated, {"accuracy": rewards},
+                                   batch.completions, 4, logger.cfg.reflection_words)
     assert m["completions/mean_length"] == 4.5
     assert (m["completions/min_length"], m["completions/max_length"]) == (1, 8)
     assert m["completions/p10_length"] == pytest.approx(1.7)  # linear interpolation, as numpy's default
@@ -311,10 +315,12 @@ def test_think_length_counts_tokens_with_the_tokenizer(tmp_path):
             return {"input_ids": [t.split() for t in texts]}
 
     logger = make_logger(tmp_path)
-    logger.tokenizer = WordTokenizer()
+    tok = WordTokenizer()
     texts = ["<think>six plus two</think>x", "none", "<think>a b c d e</think>", "z</think>", "", "q", "r", "s"]
     batch = make_batch(texts, lengths=[3] * 8, truncated=[False] * 8)
-    m = logger.rollout_metrics(batch, torch.zeros(8), {}, group_size=4)
+    m = rollout_metrics_over_ranks(logger.acc, torch.zeros(8), batch.lengths, batch.truncated, {}, batch.completions,
+                                   4, logger.cfg.reflection_words,
+                                   count_tokens=lambda xs: [len(x) for x in tok(xs, add_special_tokens=False)["input_ids"]])
     assert m["reasoning/think_length"] == pytest.approx((3 + 5 + 1) / 3) and "reasoning/think_chars" not in m
     assert WordTokenizer.calls == 1  # one batched call per step
 
@@ -327,8 +333,10 @@ def test_log_completions_cadence_and_fields(tmp_path):
     rows = [{"prompt": p, "answer": "7"} for p in batch.prompts]
     rewards = torch.arange(8.0)
     per = {"accuracy": torch.tensor([1.0, math.nan] * 4)}
+    step_batch = StepBatch(batch, rows, rewards, per, rewards - 3.5)
     for step in range(1, 26):
-        logger.log_completions(step, batch, rows, rewards, per, rewards - 3.5)
+        if logger.should_log_completions(step):
+            logger.log_completions(completion_records(step, step_batch, 4))
     recs = [json.loads(line) for line in logger.completions_path.read_text().splitlines()]
     assert sorted({r["step"] for r in recs}) == [1, 10, 20, 25]
     assert len(recs) == 4 * 8

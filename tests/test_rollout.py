@@ -118,19 +118,20 @@ def test_buckets_and_shared_prompts_give_the_same_update(tmp_path, buckets, shar
         grads = []
         real_step = t._optimizer_step
 
-        def capture(grads=grads, t=t, real_step=real_step) -> float:
+        def capture(grads=grads, t=t, real_step=real_step) -> tuple[float, bool]:
             grads.extend(p.grad.detach().clone() for p in t.model.parameters())
             return real_step()
 
         t._optimizer_step = capture
         torch.manual_seed(0)
-        batch, rows, rewards, _, _ = t.collect()
-        m = t.update(batch, t.advantages(rewards))
-        results.append((grads, m, batch.completions))
+        batch, _ = t.collect()
+        batch.advantages = t.advantages(batch.rewards)
+        m = t.update(batch)
+        results.append((grads, m, batch.rollout.completions))
     (ga, ma, ca), (gb, mb, cb) = results
     assert ca == cb
-    assert ma["grad_norm"] == pytest.approx(mb["grad_norm"], rel=1e-5)
-    assert ma["entropy"] == pytest.approx(mb["entropy"], rel=1e-5)
+    assert ma.grad_norm == pytest.approx(mb.grad_norm, rel=1e-5)
+    assert ma.entropy == pytest.approx(mb.entropy, rel=1e-5)
     assert len(ga) == len(gb) > 0
     for a, b in zip(ga, gb):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)

@@ -35,7 +35,8 @@ def make(tmp_path, *extra: str) -> Trainer:
 def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path):
     torch.manual_seed(0)
     t = make(tmp_path, "--dynamic_sampling", "true", "--max_sampling_rounds", "6")
-    batch, rows, rewards, per_reward, m = t.collect()
+    step_batch, m = t.collect()
+    batch, rows, rewards = step_batch.rollout, step_batch.rows, step_batch.rewards
     assert len(batch.completions) == len(rows) == rewards.numel() == 32  # batch shape unchanged
     assert m["dynamic_sampling/filled_frac"] == 1.0 and m["dynamic_sampling/rounds"] >= 1
     std = core.group_reward_std(rewards, 4)
@@ -51,7 +52,8 @@ def test_without_dynamic_sampling_constant_groups_remain(tmp_path):
     t = make(tmp_path)
     counts = []
     for _ in range(3):
-        batch, _, rewards, _, m = t.collect()
+        step_batch, m = t.collect()
+        batch = step_batch.rollout
         counts.append(sum(first_term(p) % 2 for p in batch.prompts[::4]))
         assert "dynamic_sampling/rounds" not in m
     assert sum(counts) > 0
@@ -61,9 +63,9 @@ def test_dynamic_sampling_cap_tops_up_with_dropped_groups(tmp_path, monkeypatch)
     t = make(tmp_path, "--dynamic_sampling", "true", "--max_sampling_rounds", "2")
     monkeypatch.setattr(sys.modules[__name__], "parity_reward", lambda completions, **kw: [1.0] * len(completions))
     t.rewards[0].fn = lambda completions, **kw: [1.0] * len(completions)  # no group ever has signal
-    batch, _, rewards, _, m = t.collect()
+    batch, m = t.collect()
     assert m["dynamic_sampling/rounds"] == 2.0 and m["dynamic_sampling/filled_frac"] == 0.0
-    assert rewards.numel() == 32
+    assert batch.rewards.numel() == 32 and len(batch) == 32
 
 
 def test_masked_truncated_completions_do_not_move_the_weights(tmp_path):
@@ -73,12 +75,12 @@ def test_masked_truncated_completions_do_not_move_the_weights(tmp_path):
         t = Trainer(load_config([*BASE, "--output_dir", str(tmp_path / masked), "--max_completion_length", "3",
                                  "--mask_truncated_completions", masked, "--rewards",
                                  "{test_trainer_features:parity_reward: 1.0}"]))
-        batch, rows, rewards, _, _ = t.collect()
-        assert batch.truncated.all()
-        adv = t.advantages(rewards)
-        assert adv.abs().sum() > 0
+        batch, _ = t.collect()
+        assert batch.rollout.truncated.all()
+        batch.advantages = t.advantages(batch.rewards)
+        assert batch.advantages.abs().sum() > 0
         before = [p.detach().clone() for p in t.model.parameters()]
-        t.update(batch, adv)
+        t.update(batch)
         changed = any(not torch.equal(a, b) for a, b in zip(before, t.model.parameters()))
         assert changed == expect_change
 

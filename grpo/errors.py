@@ -1,0 +1,14 @@
+"""The package's error classes. Each message is one line naming the problem and the fix.
+
+This module imports nothing from the package, so every module can raise these without an import cycle.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line that names the problem and how to fix it."""
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on; the message is one line saying why and what to do."""

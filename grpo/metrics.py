@@ -1,0 +1,164 @@
+"""Metrics of a step: pure functions of tensors and text, and the one table of how ranks combine each metric.
+
+The pure functions take values already gathered over ranks; :func:`rollout_metrics_over_ranks` gathers the
+per-sample values first (so percentiles and stds are over the whole global batch), and :func:`reduce_over_ranks`
+combines per-rank scalars (times, counters, update stats) by :data:`REDUCTIONS`. Names follow TRL (DESIGN.md).
+
+Notation: N rows of the global batch, G = num_generations (a prompt's G rows contiguous).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from grpo import core, reasoning
+
+# How per-rank scalars combine into the logged value. Exact metric names; anything not listed is a counter
+# (reward timeouts, errors, worker failures...) and is summed over ranks.
+REDUCTIONS: dict[str, str] = {
+    "time/rollout_s": "max",  # the slowest rank sets the pace
+    "time/reward_s": "max",
+    "dynamic_sampling/rounds": "max",
+    "dynamic_sampling/signal_groups_frac": "mean",
+    "dynamic_sampling/filled_frac": "mean",
+    "loss": "mean",
+    "grad_norm": "mean",  # identical on every rank (computed after the all-reduce)
+    "entropy": "mean",
+    "kl": "mean",
+    "clip_ratio": "mean",
+    "clip_ratio/low": "mean",
+    "clip_ratio/high": "mean",
+    "skipped_update": "max",  # every rank takes the same branch
+    "skipped_nonfinite": "max",
+}
+DEFAULT_REDUCTION = "sum"
+
+
+def reduction(name: str) -> str:
+    """How ranks combine metric ``name``: ``max``, ``mean`` or ``sum`` (counters)."""
+    return REDUCTIONS.get(name, DEFAULT_REDUCTION)
+
+
+def combine(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Combine per-rank metric dicts by :func:`reduction`. Ranks may hold different keys (a counter only some hit);
+    ``mean`` divides by the number of ranks."""
+    if len(per_rank) == 1:
+        return dict(per_rank[0])
+    n = len(per_rank)
+    out: dict[str, float] = {}
+    for metrics in per_rank:
+        for k, v in metrics.items():
+            how = reduction(k)
+            if how == "max":
+                out[k] = max(out.get(k, v), v)
+            elif how == "mean":
+                out[k] = out.get(k, 0.0) + v / n
+            else:
+                out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def reduce_over_ranks(accelerator: Any, metrics: dict[str, float]) -> dict[str, float]:
+    """Every rank's ``metrics`` combined by :data:`REDUCTIONS` (all ranks call it; all get the result)."""
+    if accelerator.num_processes == 1:
+        return metrics
+    from accelerate.utils import gather_object
+
+    # gather_object rather than reduce: ranks may hold different keys.
+    return combine(gather_object([metrics]))
+
+
+def rollout_metrics(rewards: Tensor, lengths: Tensor, truncated: Tensor, per_reward: dict[str, Tensor],
+                    group_size: int) -> dict[str, float]:
+    """Reward and length statistics of the global batch.
+
+    Args:
+        rewards: (N,) weighted reward sums; lengths: (N,) completion tokens (EOS included), float;
+        truncated: (N,) 1.0 where cut at max length; per_reward: name -> (N,) values, NaN = None;
+        group_size: G.
+
+    Returns:
+        ``reward``, ``reward_std`` (mean within-group std), ``frac_reward_zero_std``, ``completions/{mean,min,max,
+        p10,p90}_length``, ``completions/clipped_ratio``, ``completions/count`` and ``rewards/<name>/mean``.
+    """
+    group_std = core.group_reward_std(rewards, group_size)  # (B,)
+    m = {
+        "reward": rewards.mean().item(),
+        "reward_std": group_std.mean().item(),
+        "frac_reward_zero_std": (group_std < 1e-8).float().mean().item(),
+        "completions/mean_length": lengths.mean().item(),
+        "completions/min_length": lengths.min().item(),
+        "completions/max_length": lengths.max().item(),
+        "completions/p10_length": torch.quantile(lengths, 0.1).item(),
+        "completions/p90_length": torch.quantile(lengths, 0.9).item(),
+        "completions/clipped_ratio": truncated.mean().item(),
+        "completions/count": lengths.numel(),  # over all ranks: shows every rank contributed
+    }
+    for name, values in per_reward.items():
+        valid = values[~torch.isnan(values)]
+        m[f"rewards/{name}/mean"] = valid.mean().item() if valid.numel() else math.nan
+    return m
+
+
+def reasoning_values(completions: list[str], reflection_words: list[str],
+                     count_tokens: Callable[[list[str]], list[int]] | None = None) -> dict[str, Tensor]:
+    """Per-sample reasoning signals of this rank's completions (see :mod:`grpo.reasoning`).
+
+    Returns:
+        ``reasoning/reflection_ratio`` -> (n,) 0/1 flags (only when ``reflection_words``), and
+        ``reasoning/think_length`` -> (n,) tokens in the think block (``reasoning/think_chars``, characters, when
+        no ``count_tokens``), NaN where a completion has no think block.
+    """
+    out: dict[str, Tensor] = {}
+    if reflection_words:
+        out["reasoning/reflection_ratio"] = torch.tensor(reasoning.reflection_flags(completions, reflection_words),
+                                                         dtype=torch.float)
+    blocks = [reasoning.think_block(c) for c in completions]
+    present = [b for b in blocks if b is not None]
+    if count_tokens is not None:
+        counts, key = iter(count_tokens(present) if present else []), "reasoning/think_length"
+    else:
+        counts, key = iter([len(b) for b in present]), "reasoning/think_chars"
+    out[key] = torch.tensor([math.nan if b is None else float(next(counts)) for b in blocks], dtype=torch.float)
+    return out
+
+
+def nanmean(values: Tensor) -> float:
+    """Mean of the non-NaN entries of ``values``; NaN when there are none."""
+    valid = values[~torch.isnan(values)]
+    return valid.mean().item() if valid.numel() else math.nan
+
+
+def rollout_metrics_over_ranks(accelerator: Any, rewards: Tensor, lengths: Tensor, truncated: Tensor,
+                               per_reward: dict[str, Tensor], completions: list[str], group_size: int,
+                               reflection_words: list[str],
+                               count_tokens: Callable[[list[str]], list[int]] | None = None) -> dict[str, float]:
+    """:func:`rollout_metrics` and the reasoning signals over every rank's samples (all ranks call it).
+
+    Args:
+        rewards, lengths, truncated: this rank's (n,); per_reward: name -> (n,); completions: n texts.
+    """
+    def gather(t: Tensor) -> Tensor:
+        return accelerator.gather(t.to(accelerator.device).float()).cpu()
+
+    m = rollout_metrics(gather(rewards), gather(lengths), gather(truncated),
+                        {name: gather(v) for name, v in per_reward.items()}, group_size)
+    for key, values in reasoning_values(completions, reflection_words, count_tokens).items():
+        m[key] = nanmean(gather(values))
+    return m
+
+
+def gather_records(accelerator: Any, records: list[dict], groups_per_rank: int) -> list[dict]:
+    """Every rank's completion records in rank order, ``group`` renumbered to index the global batch (all ranks
+    call it; only the main process needs the result)."""
+    if accelerator.num_processes == 1:
+        return records
+    from accelerate.utils import gather_object
+
+    per_rank = gather_object([records])  # one list of records per rank, in rank order
+    return [dict(rec, group=rec["group"] + rank * groups_per_rank) for rank, recs in enumerate(per_rank) for rec in recs]

@@ -1,0 +1,79 @@
+"""Collecting a step's batch, with DAPO's dynamic sampling.
+
+A group whose G rewards all agree has zero advantage and teaches nothing. With dynamic sampling such groups are
+dropped and more prompts are sampled until B groups with signal are found or ``max_sampling_rounds`` is reached;
+then the batch is topped up with dropped groups (zero advantage) so its shape stays fixed (DAPO, Yu et al. 2025).
+
+Notation: B prompts per step and process, G = num_generations, N = B x G.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from grpo import core
+from grpo.types import StepBatch
+
+
+def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, B: int, G: int, dynamic: bool,
+            max_rounds: int, pad_token_id: int, any_rank_needs_more: Callable[[bool], bool]) -> tuple[StepBatch, dict]:
+    """Sample and score rounds of B prompts until the step's batch is complete. -> (batch of N, metrics).
+
+    Args:
+        sample_round: samples and scores B prompts -> (batch of N rows with rewards, metrics of the round:
+            ``time/*`` and reward counters, summed over rounds).
+        B, G: prompts per round and completions per prompt.
+        dynamic: keep only groups whose rewards differ (DAPO); False returns the first round as is.
+        max_rounds: most rounds per step.
+        pad_token_id: to re-pad groups taken from different rounds.
+        any_rank_needs_more: all ranks call it with their own need and get True while any rank needs another
+            round: with sharded models (ZeRO-3, FSDP) generation is collective, so every rank samples as many
+            rounds as the neediest one.
+
+    Returns:
+        The batch (N rows, groups contiguous) and the summed round metrics plus, with ``dynamic``,
+        ``dynamic_sampling/{rounds,signal_groups_frac,filled_frac}``.
+    """
+    metrics: dict[str, float] = {}
+    kept: list[tuple[StepBatch, int]] = []
+    spare: list[tuple[StepBatch, int]] = []
+    rounds = seen = 0
+    while True:
+        batch, round_metrics = sample_round()
+        for k, v in round_metrics.items():
+            metrics[k] = metrics.get(k, 0.0) + v
+        rounds += 1
+        if not dynamic:
+            return batch, metrics
+        has_signal = core.group_reward_std(batch.rewards, G) > 0  # (B,)
+        seen += B
+        for g in range(B):
+            (kept if has_signal[g] else spare).append((batch, g))
+        if not any_rank_needs_more(len(kept) < B and rounds < max_rounds):
+            break
+    groups = [b.group(g, G) for b, g in (kept + spare)[:B]]
+    batch = StepBatch.concat(groups, pad_token_id)
+    metrics.update({"dynamic_sampling/rounds": float(rounds), "dynamic_sampling/signal_groups_frac": len(kept) / seen,
+                    "dynamic_sampling/filled_frac": min(len(kept), B) / B})
+    return batch, metrics
+
+
+def any_rank(accelerator: Any, need: bool) -> bool:
+    """True on every rank when ``need`` is True on any rank (one all-reduce; all ranks must call it)."""
+    flag = torch.tensor([float(need)], device=accelerator.device)
+    return accelerator.reduce(flag, reduction="sum").item() > 0
+
+
+def advantages_over_ranks(accelerator: Any, rewards: Tensor, G: int, scale: str, estimator: str) -> Tensor:
+    """Advantages (N,) for this rank's N rewards. ``scale == "batch"`` uses the std over all ranks' rewards
+    (all ranks call it then); group scaling needs no communication (a prompt's G rows are on one rank)."""
+    if scale == "batch" and accelerator.num_processes > 1:
+        all_rewards = accelerator.gather(rewards.to(accelerator.device)).cpu()
+        adv = core.compute_advantages(all_rewards, G, scale, estimator)
+        n = rewards.numel()
+        return adv[accelerator.process_index * n : (accelerator.process_index + 1) * n]
+    return core.compute_advantages(rewards, G, scale, estimator)
