@@ -239,6 +239,11 @@ class MetricsLogger:
         self._stop_progress()
         files = [p.name for p in (self.metrics_path, self.completions_path, self.curves_path,
                                   self.out / "config.yaml", self.out / "run_info.json") if p.exists()]
+        if (self.out / "final").is_dir():
+            files.append("final/ (the trained model)")
+        checkpoints = sorted(p.name for p in self.out.glob("checkpoint-*") if p.is_dir())
+        if checkpoints:
+            files.append(f"{', '.join(checkpoints)} (resume: rerun the same command)")
         if "tensorboard" in tracker_names(self.cfg):
             files.append(f"{PROJECT_NAME}/ (tensorboard --logdir {self.out})")
         train_rows = [r for r in read_jsonl(self.metrics_path) if "reward" in r]  # includes rows restored on resume

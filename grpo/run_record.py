@@ -124,7 +124,9 @@ def _mean(values: list[float]) -> float:
 def summary_lines(summary: dict, train_rows: list[dict], out: Path, files: list[str]) -> list[str]:
     """The end-of-run summary: eval start vs end, train signals first vs last steps, wall time, file paths."""
     wall = summary["wall_s"]
-    lines = [f"done: {summary['steps']} steps in {format_duration(wall)}" + (f" ({wall:.0f}s)" if wall >= 60 else "")]
+    steps = summary["steps"]
+    lines = [f"done: {steps} step{'' if steps == 1 else 's'} in {format_duration(wall)}"
+             + (f" ({wall:.0f}s)" if wall >= 60 else "")]
     first, last = summary.get("first_eval"), summary.get("last_eval")
     if first and last:
         lines.append(f"  eval accuracy {fmt(first.get('eval/accuracy'), '.3f')} -> {fmt(last.get('eval/accuracy'), '.3f')}"

@@ -445,3 +445,16 @@ def test_summary_lines(tmp_path):
     assert lines[2] == ("  train (mean of first vs last 5 steps): reward 0.200 -> 1.700, length 12.0 -> 27.0, "
                         "think length 7.0 -> 22.0, reflection ratio 0.000 -> 0.000")
     assert lines[3] == f"  files in {tmp_path}: metrics.jsonl, curves.png"
+    one = summary_lines({"steps": 1, "wall_s": 3.0}, rows[:1], tmp_path, ["metrics.jsonl"])
+    assert one[0] == "done: 1 step in 3s"
+
+
+def test_finish_lists_final_model_and_checkpoints(tmp_path, capsys):
+    logger = make_logger(tmp_path)
+    logger.start()
+    (logger.out / "final").mkdir()
+    (logger.out / "checkpoint-2").mkdir()
+    logger.finish({"steps": 2, "wall_s": 1.0})
+    out = capsys.readouterr().out
+    files_line = next(line for line in out.splitlines() if "files in" in line)
+    assert "final/" in files_line and "checkpoint-2" in files_line
