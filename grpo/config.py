@@ -452,3 +452,26 @@ def help_text() -> str:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         lines.append(f"  --{f.name} ({default!r})\n      {f.metadata['help']}")
     return "\n".join(lines)
+
+
+# Keys that may change when a run resumes: they decide how long it runs and what it writes, not what a step
+# computes. Every other key (model, task and its kwargs, rewards, batch shape, G, algorithm, sampling, seed...)
+# must match the checkpoint's run, or resuming would silently mix two experiments.
+RESUMABLE_KEYS = frozenset({
+    "max_steps", "eval_steps", "eval_batch_size", "logging_steps", "report_to", "log_completions_steps",
+    "save_final_model", "save_steps", "save_total_limit", "resume_from_checkpoint", "overwrite_output_dir",
+    "max_bad_steps", "cpu_threads", "output_dir", "reflection_words", "eval_pass_k", "eval_max_completion_length",
+    "eval_reward", "smoke",
+})
+
+
+def resume_conflicts(saved: dict, cfg: GRPOConfig) -> list[str]:
+    """Keys whose value in ``cfg`` differs from the resumed run's saved config (its ``config.yaml``), sorted.
+
+    Keys in :data:`RESUMABLE_KEYS` may differ; a key the saved config lacks (written by an older version) is
+    taken as its default.
+    """
+    new = to_dict(cfg)
+    defaults = to_dict(GRPOConfig())
+    return sorted(k for k, v in new.items()
+                  if k not in RESUMABLE_KEYS and saved.get(k, defaults.get(k)) != v)

@@ -61,10 +61,12 @@ def _finite(metrics: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
-def format_step_line(step: int, max_steps: int, m: dict[str, Any], eta_s: float | None = None) -> str:
+def format_step_line(step: int, max_steps: int, m: dict[str, Any], eta_s: float | None = None,
+                     accuracy_reward: str = "accuracy") -> str:
     """One fixed-width console line per step (columns line up, so a log reads like a table).
 
-    Shows step, reward, training accuracy (the ``accuracy`` reward's mean), mean/max response length in
+    Shows step, reward, training accuracy (the mean of ``accuracy_reward``, the run's ``eval_reward``), mean/max
+    response length in
     tokens, clipped ratio (share cut at max length), KL, entropy, step time and, when given, the ETA.
 
     Example:
@@ -74,7 +76,7 @@ def format_step_line(step: int, max_steps: int, m: dict[str, Any], eta_s: float 
     width = len(str(max_steps))
     line = (
         f"step {step:>{max(width, 4)}}/{max_steps}  reward {_fmt(m.get('reward'), '.3f')}  "
-        f"acc {_fmt(m.get('rewards/accuracy/mean'), '5.3f')}  "
+        f"acc {_fmt(m.get(f'rewards/{accuracy_reward}/mean'), '5.3f')}  "
         f"len {_fmt(m.get('completions/mean_length'), '5.1f')} max {_fmt(m.get('completions/max_length'), '4.0f')}  "
         f"clip {_fmt(m.get('completions/clipped_ratio'), '4.2f')}  kl {_fmt(m.get('kl'), '6.4f')}  "
         f"ent {_fmt(m.get('entropy'), '5.3f')}  {_fmt(m.get('time/step_s'), '.2f')}s"
@@ -205,7 +207,8 @@ class MetricsLogger:
         if step % self.cfg.logging_steps == 0 or step == self.cfg.max_steps:
             # With a live bar the bar shows the ETA; in a plain log each line carries it.
             eta = None if self.progress is not None else self._eta(step)
-            self.console.print(format_step_line(step, self.cfg.max_steps, metrics, eta), markup=False)
+            self.console.print(format_step_line(step, self.cfg.max_steps, metrics, eta, self.cfg.eval_reward),
+                               markup=False)
 
     def _eta(self, step: int) -> float | None:
         """Seconds left at the average pace since the first step (evals included)."""

@@ -458,3 +458,9 @@ def test_finish_lists_final_model_and_checkpoints(tmp_path, capsys):
     out = capsys.readouterr().out
     files_line = next(line for line in out.splitlines() if "files in" in line)
     assert "final/" in files_line and "checkpoint-2" in files_line
+
+
+def test_step_line_shows_the_eval_rewards_accuracy():
+    """On Countdown the accuracy column is the countdown reward (what eval/accuracy reports), not '-'."""
+    line = format_step_line(1, 10, {"rewards/countdown/mean": 0.25}, accuracy_reward="countdown")
+    assert "acc 0.250" in line
