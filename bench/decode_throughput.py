@@ -12,6 +12,7 @@ tokens/s; static cache + compile: 15,800 tokens/s on one H200). Each backend get
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None, help="also write the results (device, tokens/s per backend) to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     p = PRESETS[args.preset]
@@ -51,6 +53,8 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(path)
     prompts = [r["prompt"] for r in rows(p["prompts"], p["prompt_terms"])]
     print(f"preset {args.preset}: {p['prompts']} prompts x {p['generations']} x {p['max_new']} new tokens (EOS suppressed)")
+    results = {"preset": args.preset, "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+               "sequences": p["prompts"] * p["generations"], "max_new_tokens": p["max_new"], "tokens_per_s": {}}
     for name in args.backends:
         backend = make_backend("hf" if name.startswith("hf") else name, tok, max_completion_length=p["max_new"],
                                generation_kwargs={"min_new_tokens": p["max_new"]}, compile_generation=name == "hf-compile",
@@ -66,7 +70,10 @@ def main() -> None:
             dt = time.perf_counter() - t0
             if i >= args.warmup:
                 speeds.append(batch.lengths.sum().item() / dt)
+        results["tokens_per_s"][name] = statistics.median(speeds)
         print(f"  {name:<11} {statistics.median(speeds):>10.0f} completion tokens/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
