@@ -185,7 +185,7 @@ def reference_context(model: torch.nn.Module) -> contextlib.AbstractContextManag
     model: a no-op (the trainer then uses the separate reference model). Usage in the trainer::
 
         with torch.no_grad(), reference_context(self.model):
-            ref = self.completion_logprobs(self.model, batch, s)
+            ref = self.completion_logprobs(self.model, batch, idx)  # see grpo.policy
     """
     if is_peft_model(model):
         return _unwrap(model).disable_adapter()
