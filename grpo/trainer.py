@@ -4,7 +4,7 @@ Everything runs through ``accelerate`` so one code path serves CPU, one GPU, DDP
 Each process samples its own prompts and keeps a prompt's G completions together, so group advantages
 need no communication; only metrics (and the batch std for ``scale_rewards: batch``) cross ranks.
 The pieces live elsewhere: the math in :mod:`grpo.core`, log-probs and micro-batching in :mod:`grpo.policy`,
-dynamic sampling in :mod:`grpo.sampling`, metrics in :mod:`grpo.metrics`, the sinks in :mod:`grpo.logging`.
+dynamic sampling in :mod:`grpo.dynamic_sampling`, metrics in :mod:`grpo.metrics`, the sinks in :mod:`grpo.logging`.
 
 Notation: B prompts per process, G = num_generations, N = B x G sequences, P prompt tokens, T completion
 tokens.
@@ -38,7 +38,7 @@ from grpo.model import (
 )
 from grpo.rollout import make_backend
 from grpo.run_record import logged_eval
-from grpo.sampling import advantages_over_ranks, any_rank, collect
+from grpo.dynamic_sampling import advantages_over_ranks, any_rank, collect
 from grpo.stop import StopRequest
 from grpo.types import StepBatch, UpdateStats
 from rewards.combine import build_rewards, score
@@ -101,14 +101,14 @@ class Trainer:
         return StepBatch(rollout, rows, rewards, per_reward), {**timing, **reward_metrics}
 
     def collect(self) -> tuple[StepBatch, dict[str, float]]:
-        """This step's batch of N (rewards included), with DAPO dynamic sampling when configured (grpo.sampling)."""
+        """This step's batch of N (rewards included), with DAPO dynamic sampling when configured (grpo.dynamic_sampling)."""
         cfg = self.cfg
         return collect(self.sample_round, B=self.prompts_per_step, G=cfg.num_generations, dynamic=cfg.dynamic_sampling,
                        max_rounds=cfg.max_sampling_rounds, pad_token_id=self.tokenizer.pad_token_id,
                        any_rank_needs_more=lambda need: any_rank(self.accelerator, need))
 
     def advantages(self, rewards: Tensor) -> Tensor:
-        """Advantages (N,) for this rank's N rewards (``batch`` scaling: std over all ranks, grpo.sampling)."""
+        """Advantages (N,) for this rank's N rewards (``batch`` scaling: std over all ranks, grpo.dynamic_sampling)."""
         cfg = self.cfg
         return advantages_over_ranks(self.accelerator, rewards, cfg.num_generations, cfg.scale_rewards,
                                      cfg.advantage_estimator)
