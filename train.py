@@ -4,39 +4,55 @@
     accelerate launch train.py --config configs/default.yaml --max_steps 50 --output_dir runs/x
     python train.py --help                                      # every config key
 
-A bad config ends with one line on stderr naming the problem (exit code 2), before any model loads.
+The flow reads top to bottom: ``load_config`` (parse and check values, no side effects) -> ``preflight``
+(output folder, checkpoint to resume, model files, rewards, the task built once) -> ``Trainer(cfg, task).train()``.
+A bad config ends with one line on stderr naming the problem (exit code 2), before any model loads; a run that
+cannot go on ends with one line and exit code 1.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from grpo.config import ConfigError, help_text, load_config
+from grpo.config import help_text, load_config
+from grpo.errors import ConfigError, TrainingError
+
+
+def fail(message: str, code: int) -> int:
+    """Print the one-line error; under ``accelerate launch`` also say what follows it. Returns ``code``.
+
+    ``accelerate launch`` answers any non-zero exit of its child with its own ``CalledProcessError`` traceback
+    and exit code 1 (``accelerate launch -q`` leaves the traceback out); it cannot be told otherwise from here.
+    """
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if "ACCELERATE_DYNAMO_BACKEND" in os.environ:  # set by `accelerate launch` for the processes it starts
+        print("(accelerate launch reports this exit with a traceback of its own below: the line above is the cause; "
+              "`accelerate launch -q ...` leaves that traceback out)", file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: list[str]) -> int:
+    """Run training with ``argv`` (the command line without the program name). Returns the exit code."""
     if any(a in ("-h", "--help") for a in argv):
         print(help_text())
         return 0
-    # --smoke is a switch: bare `--smoke` means `--smoke true`.
-    argv = ["--smoke=true" if a == "--smoke" and (i + 1 == len(argv) or argv[i + 1].startswith("--")) else a
-            for i, a in enumerate(argv)]
     try:
         cfg = load_config(argv)
+        from grpo.preflight import preflight  # touches the disk, the model folder, the datasets
+
+        cfg, task = preflight(cfg)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from grpo.trainer import Trainer, TrainingError  # heavy imports only after the config is known to be good
+        return fail(str(e), 2)
+    from grpo.trainer import Trainer  # heavy imports only after the config is known to be good
     from rewards.combine import RewardError
 
     try:
-        Trainer(cfg).train()
+        Trainer(cfg, task).train()
     except (TrainingError, RewardError) as e:  # a stuck run or a raising verifier: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except ConfigError as e:  # found while loading: a model or dataset that cannot be reached, a bad row
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e), 1)
+    except ConfigError as e:  # found while loading: a model that cannot be reached, a tokenizer without a template
+        return fail(str(e), 2)
     return 0
 
 

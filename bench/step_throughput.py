@@ -61,7 +61,7 @@ def rows(n: int, prompt_terms: int | None, seed: int = 0) -> list[dict]:
     """Arithmetic rows; with ``prompt_terms`` the sums are long so prompts reach ~2 x terms tokens."""
     import random
 
-    from grpo.data import arithmetic_prompt, make_arithmetic_row
+    from grpo.tasks.arithmetic import arithmetic_prompt, make_arithmetic_row
 
     rng = random.Random(seed)
     out = []

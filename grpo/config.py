@@ -1,16 +1,16 @@
-"""Typed run configuration: YAML first, ``--key value`` CLI overrides, validation with one clear message.
+"""Typed run configuration: YAML first, ``--key value`` CLI overrides, value checks with one clear message.
 
 Field names follow TRL's ``GRPOConfig`` where the concept is the same, so a TRL or open-r1 user reads our
-recipes without a dictionary. ``load_config(argv)`` is the only entry point ``train.py`` needs; every
-problem it finds raises :class:`ConfigError` whose message is one line naming the problem and the fix.
+recipes without a dictionary. ``load_config(argv)`` parses and checks values and has no side effects: it reads
+the YAML file and nothing else. Checks that touch the world (output folder, model files, datasets, reward
+modules, installed trackers, ``--smoke`` stand-ins) run afterwards in :func:`grpo.preflight.preflight`. Every
+problem raises :class:`ConfigError` whose message is one line naming the problem and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,14 +19,12 @@ from typing import Any
 
 import yaml
 
+from grpo import core
+from grpo.errors import ConfigError
 from grpo.reasoning import DEFAULT_REFLECTION_WORDS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A bad config: the message is one line that names the problem and how to fix it."""
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -41,7 +39,7 @@ class GRPOConfig:
 
     # --- model and task
     model_name_or_path: str = _f("models/tiny-base", "Local path or hub name of the base model to train.")
-    task: str = _f("arithmetic", "Registered task name (grpo.data): where prompts and gold answers come from.")
+    task: str = _f("arithmetic", "Registered task name (grpo.tasks): where prompts and gold answers come from.")
     task_kwargs: dict = _f({}, "Task-specific options, e.g. {max_terms: 8, num_eval: 256} for arithmetic.")
     rewards: dict = _f(
         {"accuracy": 1.0, "format": 0.1},
@@ -251,11 +249,6 @@ def load_config(argv: list[str] | None = None) -> GRPOConfig:
             raise _unknown_key(key)
         values[key] = _coerce(key, value, from_cli=True)
     cfg = GRPOConfig(**values)
-    if cfg.smoke:  # swap model and data for tiny offline stand-ins before validation looks for them
-        from grpo.smoke import apply_smoke
-
-        _check_output_dir(cfg.output_dir)
-        cfg = apply_smoke(cfg)
     validate(cfg)
     return cfg
 
@@ -286,12 +279,11 @@ def validate(cfg: GRPOConfig) -> None:
     if cfg.update_buckets > cfg.per_device_train_batch_size:
         raise ConfigError(f"update_buckets {cfg.update_buckets} is larger than per_device_train_batch_size "
                           f"{cfg.per_device_train_batch_size}; lower update_buckets")
-    choices = {
-        "rollout_backend": ("compact", "hf", "vllm"),
-        "loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
-        "scale_rewards": ("group", "batch", "none"),
-        "advantage_estimator": ("grpo", "rloo"),
-        "importance_sampling_level": ("token", "sequence"),
+    choices = {  # the registries of grpo/core.py: a new loss or estimator is one registered function
+        "loss_type": core.LOSS_AGGREGATIONS,
+        "scale_rewards": core.REWARD_SCALES,
+        "advantage_estimator": core.ADVANTAGE_ESTIMATORS,
+        "importance_sampling_level": core.IMPORTANCE_LEVELS,
     }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
@@ -310,13 +302,7 @@ def validate(cfg: GRPOConfig) -> None:
             raise ConfigError(f"reward '{name}' weight must be a number, got {spec!r}")
     if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
         raise ConfigError(f"save_total_limit must be >= 1 (or null to keep all), got {cfg.save_total_limit}")
-    if cfg.resume_from_checkpoint and not (Path(cfg.resume_from_checkpoint) / "trainer_state.json").is_file():
-        raise ConfigError(f"resume_from_checkpoint {cfg.resume_from_checkpoint} is not a complete checkpoint folder "
-                          "(no trainer_state.json); pick an output_dir/checkpoint-<step> folder")
     _check_model_options(cfg)
-    _check_names(cfg)
-    _check_output_dir(cfg.output_dir)
-    _check_model(cfg)
     _check_logging(cfg)
 
 
@@ -337,31 +323,6 @@ def _check_model_options(cfg: GRPOConfig) -> None:
         raise ConfigError("save_merged needs use_peft: true (without LoRA the saved model is already a plain model)")
     if cfg.eval_pass_k < 1:
         raise ConfigError(f"eval_pass_k must be >= 1, got {cfg.eval_pass_k}")
-    import rewards
-
-    try:
-        rewards.get(cfg.eval_reward)
-    except KeyError as e:
-        raise ConfigError(f"eval_reward: {e.args[0]}") from None
-
-
-def _check_names(cfg: GRPOConfig) -> None:
-    """Rewards and the task resolve by name now (cheap imports), not after the model has loaded."""
-    import rewards
-    from grpo.data import get_task
-
-    for name in cfg.rewards:
-        try:
-            rewards.get(name)
-        except KeyError as e:
-            raise ConfigError(e.args[0]) from None
-    try:
-        task = get_task(cfg.task, **cfg.task_kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"task '{cfg.task}': {e}") from None
-    from grpo.data import check_rewards_match
-
-    check_rewards_match(task, cfg.rewards)  # e.g. the R1 format reward on a \boxed prompt
 
 
 # report_to name -> (modules any of which makes it work, the pip extra that installs one)
@@ -369,7 +330,8 @@ TRACKERS = {"tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"), "wa
             "trackio": (("trackio",), "trackio")}
 
 
-def _installed(modules: tuple[str, ...]) -> bool:
+def installed(modules: tuple[str, ...]) -> bool:
+    """True when any of ``modules`` can be imported (looked up, not imported)."""
     import importlib.util
 
     return any(importlib.util.find_spec(m) is not None for m in modules)
@@ -380,64 +342,20 @@ def report_to_list(report_to: list | str | None) -> list[str]:
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     names = [str(n).strip().lower() for n in names]
     if "all" in names:
-        return [t for t, (modules, _) in TRACKERS.items() if _installed(modules)]
+        return [t for t, (modules, _) in TRACKERS.items() if installed(modules)]
     return list(dict.fromkeys(n for n in names if n and n != "none"))
 
 
 def _check_logging(cfg: GRPOConfig) -> None:
-    """Trackers must be known and installed, reflection words strings: fail before the model loads."""
+    """Tracker names must be known and reflection words strings (whether trackers are installed: preflight)."""
     if cfg.log_completions_steps < 0:
         raise ConfigError(f"config key 'log_completions_steps' must be >= 0 (0 = never), got {cfg.log_completions_steps}")
     for name in report_to_list(cfg.report_to):
         if name not in TRACKERS:
             raise ConfigError(f"report_to: unknown tracker '{name}'; choose from {', '.join(TRACKERS)}, all or none")
-        modules, extra = TRACKERS[name]
-        if not _installed(modules):
-            raise ConfigError(f"report_to '{name}' needs the {modules[0]} package: pip install 'grpo-zero[{extra}]'")
     bad = [w for w in cfg.reflection_words if not isinstance(w, str) or not w.strip()]
     if bad:
         raise ConfigError(f"reflection_words must be non-empty strings, got {bad[0]!r}; e.g. [wait, verify, let me]")
-
-
-def _check_output_dir(output_dir: str) -> None:
-    """The output dir must be creatable and writable: fail now, not after an hour of training."""
-    path = Path(output_dir)
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise ConfigError(f"output_dir {output_dir} cannot be written ({probe} is not a writable folder); choose another --output_dir")
-
-
-def _check_model(cfg: GRPOConfig) -> None:
-    """A local model path must exist, and completions must fit the model's context (reads config.json only)."""
-    name = cfg.model_name_or_path
-    path = resolve_model_path(name)
-    looks_local = name.startswith((".", "/", "~")) or name.startswith("models/") or name.count("/") > 1
-    if not Path(path).exists():
-        if looks_local:
-            raise ConfigError(f"model path {name} does not exist; give an existing folder or a hub name like Qwen/Qwen2.5-0.5B")
-        return  # a hub name: checked when it loads
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"model folder {path} has no config.json; point model_name_or_path at a Hugging Face model folder")
-    try:
-        context = json.loads(config_file.read_text()).get("max_position_embeddings")
-    except (OSError, ValueError):
-        raise ConfigError(f"model folder {path} has an unreadable config.json") from None
-    needed = cfg.max_completion_length + 1
-    if isinstance(context, int) and needed > context:
-        raise ConfigError(f"max_completion_length {cfg.max_completion_length} does not fit the model's context of "
-                          f"{context} tokens (prompt included); lower max_completion_length")
-
-
-def resolve_model_path(name: str) -> str:
-    """A local path as given, else relative to the project root (so the bundled model works from any cwd), else a hub name."""
-    if Path(name).exists():
-        return name
-    if (PROJECT_ROOT / name).exists():
-        return str(PROJECT_ROOT / name)
-    return name
 
 
 def to_dict(cfg: GRPOConfig) -> dict:

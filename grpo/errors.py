@@ -12,3 +12,7 @@ class ConfigError(ValueError):
 
 class TrainingError(RuntimeError):
     """The run cannot go on; the message is one line saying why and what to do."""
+
+
+class DataError(ConfigError):
+    """A dataset that cannot be loaded or used; the message is one line naming the problem and the fix."""

@@ -19,7 +19,6 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,8 +26,8 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 import rewards as reward_registry
-from rewards.combine import batch_columns
 from grpo.rollout import CompactSampler, HFGenerateBackend
+from rewards.combine import batch_columns
 
 RewardFn = Callable[..., list]
 
@@ -117,7 +116,7 @@ def eval_options(cfg: Any, task: Any = None) -> dict[str, Any]:
     scored on its ``\\boxed{}`` and a prefilled ``<think>`` does not count as a format error. The trainer calls
     ``evaluate(..., **eval_options(cfg, task))``.
     """
-    from grpo.data import reward_defaults
+    from grpo.tasks import reward_defaults
 
     defaults = reward_defaults(task) if task is not None else {}
     return {"accuracy_fn": _reward_with_kwargs(cfg.eval_reward, cfg.rewards, defaults.get(cfg.eval_reward)),
@@ -168,19 +167,13 @@ def _yaml(text: str | None, what: str) -> dict:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Merge defaults < recipe (``--config``) < explicit flags."""
+    """Merge defaults < recipe (``--config``, parsed and checked by ``load_config``) < explicit flags."""
     s: dict[str, Any] = {"task": "gsm8k", "task_kwargs": {}, "rewards": {}, "reward": "accuracy", "batch_size": 64,
                          "max_new_tokens": 1024, "pass_k": 1, "temperature": 1.0}
     if args.config:
-        import yaml
+        from grpo.config import load_config
 
-        from grpo.config import GRPOConfig
-
-        try:
-            raw = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"--config {args.config} cannot be read as YAML ({type(e).__name__})") from None
-        cfg = GRPOConfig(**{k: v for k, v in raw.items() if k in GRPOConfig.__dataclass_fields__})
+        cfg = load_config(["--config", args.config])
         s.update(task=cfg.task, task_kwargs=dict(cfg.task_kwargs), rewards=cfg.rewards, reward=cfg.eval_reward,
                  batch_size=cfg.eval_batch_size, pass_k=cfg.eval_pass_k, temperature=cfg.temperature,
                  max_new_tokens=cfg.eval_max_completion_length or cfg.max_completion_length)
@@ -207,19 +200,33 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return s
 
 
+def _preflight(args: argparse.Namespace, s: dict[str, Any]) -> Any:
+    """The same preflight as training (model folder, task built once, rewards and their columns). -> the task."""
+    from grpo.config import GRPOConfig, validate
+    from grpo.preflight import preflight
+
+    for flag in ("batch_size", "max_new_tokens", "pass_k"):
+        if s[flag] < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {s[flag]}")
+    cfg = GRPOConfig(model_name_or_path=args.model, task=s["task"], task_kwargs=s["task_kwargs"],
+                     rewards=s["rewards"] or {s["reward"]: 1.0}, eval_reward=s["reward"], eval_pass_k=s["pass_k"],
+                     max_completion_length=s["max_new_tokens"], temperature=s["temperature"],
+                     eval_batch_size=s["batch_size"], trust_remote_code=args.trust_remote_code)
+    validate(cfg)
+    _, task = preflight(cfg, resume=False)
+    return task
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``python -m grpo.evaluate`` command. Returns the exit code (2 for a bad argument, model or dataset)."""
     args = _parser().parse_args(argv)
-    from grpo.config import ConfigError
-    from grpo.data import get_task, reward_defaults
+    from grpo.errors import ConfigError
     from grpo.model import load_for_eval
+    from grpo.tasks import reward_defaults
 
     try:
         s = _settings(args)
-        for flag in ("batch_size", "max_new_tokens", "pass_k"):
-            if s[flag] < 1:
-                raise ValueError(f"--{flag} must be >= 1, got {s[flag]}")
-        task = get_task(s["task"], **s["task_kwargs"])
+        task = _preflight(args, s)
         defaults = reward_defaults(task)  # kwargs that match the task's template; explicit ones win
         accuracy_fn = functools.partial(reward_registry.get(s["reward"]),
                                         **{**defaults.get(s["reward"], {}), **s["reward_kwargs"]})
@@ -231,9 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     acc = Accelerator(cpu=not torch.cuda.is_available())
     model = model.to(acc.device)
-    task.bind_tokenizer(tokenizer)
     backend = CompactSampler(tokenizer, s["max_new_tokens"], temperature=s["temperature"])
-    result = evaluate(model, backend, task.eval_rows, acc, s["batch_size"], s["max_new_tokens"],
+    result = evaluate(model, backend, task.eval_rows(tokenizer), acc, s["batch_size"], s["max_new_tokens"],
                       accuracy_fn=accuracy_fn, format_fn=format_fn, pass_k=s["pass_k"], keep_samples=bool(args.output))
     if acc.is_main_process:
         n = int(result["eval/num_rows"])

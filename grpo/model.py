@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from grpo.config import ConfigError, GRPOConfig, resolve_model_path
+from grpo.config import PROJECT_ROOT, ConfigError, GRPOConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,16 @@ _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.
 
 class ModelLoadError(ConfigError):
     """A model or tokenizer that cannot be loaded; one line saying what was tried and how to run offline."""
+
+
+def resolve_model_path(name: str) -> str:
+    """A local path as given, else relative to the project root (so the bundled model works from any cwd), else a
+    hub name."""
+    if Path(name).exists():
+        return name
+    if (PROJECT_ROOT / name).exists():
+        return str(PROJECT_ROOT / name)
+    return name
 
 
 def resolve_dtype(dtype: str, use_peft: bool, cuda: bool | None = None) -> torch.dtype:

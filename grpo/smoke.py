@@ -30,7 +30,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from grpo.config import ConfigError, GRPOConfig, resolve_model_path
+from grpo.config import GRPOConfig
+from grpo.errors import ConfigError
+from grpo.model import resolve_model_path
 
 
 def _qwen2(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, context: int, rope_theta: float,

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from grpo import core, metrics, policy
 from grpo.checkpoint import load_checkpoint, restore_logs, resume_point, save_checkpoint
-from grpo.config import GRPOConfig, resolve_model_path
-from grpo.data import get_task
+from grpo.config import GRPOConfig
+from grpo.dynamic_sampling import advantages_over_ranks, any_rank, collect
 from grpo.errors import TrainingError
 from grpo.evaluate import eval_options, evaluate
 from grpo.logging import MetricsLogger, completion_records, tracker_names
@@ -34,12 +34,13 @@ from grpo.model import (
     load_tokenizer,
     make_accelerator,
     reference_context,
+    resolve_model_path,
     save_final,
 )
 from grpo.rollout import make_backend
 from grpo.run_record import logged_eval
-from grpo.dynamic_sampling import advantages_over_ranks, any_rank, collect
 from grpo.stop import StopRequest
+from grpo.tasks import Task, get_task
 from grpo.types import StepBatch, UpdateStats
 from rewards.combine import build_rewards, score
 
@@ -47,7 +48,8 @@ from rewards.combine import build_rewards, score
 class Trainer:
     """GRPO on a causal LM with rule rewards. Build with a validated :class:`GRPOConfig`, then ``train()``."""
 
-    def __init__(self, cfg: GRPOConfig):
+    def __init__(self, cfg: GRPOConfig, task: Task | None = None):
+        """Args: cfg: a checked config; task: the task built by preflight (built here from ``cfg`` when None)."""
         self.cfg = cfg
         self.prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations
         # Length buckets are extra accumulation micro-steps: one optimizer step still covers the whole batch.
@@ -56,10 +58,10 @@ class Trainer:
         self.accelerator = acc = make_accelerator(cfg, self.micro_steps, tracker_names(cfg))
         set_seed(cfg.seed, device_specific=True)  # each rank samples differently, reproducibly
         self.rewards = build_rewards(cfg.rewards)
-        self.task = get_task(cfg.task, **cfg.task_kwargs)
-        self.stream = self.task.train_stream(cfg.seed * 1000 + acc.process_index)
-        self.tokenizer = load_tokenizer(cfg)
-        self.task.bind_tokenizer(self.tokenizer)  # chat-template prompts are rendered with the model's tokenizer
+        self.task = task if task is not None else get_task(cfg.task, **cfg.task_kwargs)
+        self.tokenizer = load_tokenizer(cfg)  # chat-template prompts are rendered with the model's tokenizer
+        self.stream = self.task.train_stream(cfg.seed * 1000 + acc.process_index, self.tokenizer)
+        self.eval_rows = self.task.eval_rows(self.tokenizer)
         model = load_policy(cfg)
         self.ref_model = load_reference(cfg, acc.device)  # None with LoRA: reference_context(model) instead
         self.model, self.optimizer, self.scheduler = acc.prepare(model, *build_optimizer(cfg, model))
@@ -226,7 +228,7 @@ class Trainer:
         """Greedy pass@1 on the task's held-out rows (all ranks take part)."""
         cfg = self.cfg
         # The eval reward and format reward get the run's kwargs (boxed answers, prefilled <think>...).
-        return evaluate(self.accelerator.unwrap_model(self.model), self.backend, self.task.eval_rows, self.accelerator,
+        return evaluate(self.accelerator.unwrap_model(self.model), self.backend, self.eval_rows, self.accelerator,
                         cfg.eval_batch_size, cfg.eval_max_completion_length or cfg.max_completion_length,
                         **eval_options(cfg, self.task))
 

@@ -2,7 +2,7 @@
 
 What it makes: a 643k-parameter ``LlamaForCausalLM`` (hidden 128, 3 layers, 4 heads, tied embeddings)
 with a 26-token character-level tokenizer, *pretrained* (next-token loss) on synthetic arithmetic
-problems from ``grpo.data``. Solutions come in two styles, half each: a direct answer with an empty think
+problems from ``grpo.tasks.arithmetic``. Solutions come in two styles, half each: a direct answer with an empty think
 block, and a step-by-step chain of partial sums; 5% are malformed so the format reward has signal.
 A model this small cannot add eight digits in one shot but can add two at a time, so its step-by-step
 answers are right far more often than its direct ones: GRPO has something real to discover (R1-Zero's
@@ -27,7 +27,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from grpo.data import make_arithmetic_row, solution_direct, solution_malformed, solution_steps  # noqa: E402
+from grpo.tasks.arithmetic import make_arithmetic_row, solution_direct, solution_malformed, solution_steps  # noqa: E402
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 TAGS = ["<think>", "</think>", "<answer>", "</answer>"]

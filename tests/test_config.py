@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from grpo.config import ConfigError, GRPOConfig, load_config, parse_cli
+from grpo.preflight import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
 )
 def test_bad_input_names_the_problem(argv, fragment):
     with pytest.raises(ConfigError) as e:
-        load_config(argv)
+        prepare(argv)
     msg = str(e.value)
     assert fragment in msg
     assert "\n" not in msg
@@ -76,7 +77,7 @@ def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="cannot be written"):
-        load_config(["--output_dir", str(blocker / "sub")])
+        prepare(["--output_dir", str(blocker / "sub")])
 
 
 def test_parse_cli_splits_config_and_overrides():
@@ -115,3 +116,69 @@ def test_help_lists_every_key():
     assert proc.returncode == 0
     for key in ("--num_generations", "--loss_type", "--max_completion_length", "--beta"):
         assert key in proc.stdout
+
+
+def test_load_config_has_no_side_effects(tmp_path, monkeypatch):
+    """Parsing a recipe with --smoke writes nothing: the stand-ins are built by preflight, not by load_config."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(["--config", str(ROOT / "configs" / "qwen2.5-0.5b-gsm8k.yaml"), "--smoke"])
+    assert cfg.smoke and cfg.model_name_or_path == "Qwen/Qwen2.5-0.5B"  # not swapped yet
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_allowed_names_come_from_the_registries(monkeypatch):
+    """A loss registered in grpo/core.py is a valid loss_type with no second edit."""
+    from grpo import core
+
+    with pytest.raises(ConfigError, match="loss_type"):
+        load_config(["--loss_type", "my_loss"])
+    monkeypatch.setitem(core.LOSS_AGGREGATIONS, "my_loss", core.LOSS_AGGREGATIONS["dapo"])
+    assert load_config(["--loss_type", "my_loss"]).loss_type == "my_loss"
+
+
+def _fake_run(out, argv):
+    """An output folder that looks like a finished run of ``argv``: config.yaml, run_info.json, checkpoint-2."""
+    import json
+
+    import yaml
+
+    from grpo.config import to_dict
+
+    cfg = load_config([*argv, "--output_dir", str(out)])
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    (out / "run_info.json").write_text(json.dumps({"world_size": 1}))
+
+
+def test_resume_into_a_different_experiment_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    _fake_run(out, ["--task_kwargs", "{num_eval: 16}", "--num_generations", "8"])
+    base = ["--output_dir", str(out)]
+    with pytest.raises(ConfigError) as e:
+        prepare([*base, "--task_kwargs", "{num_eval: 32}", "--num_generations", "8"])
+    msg = str(e.value)
+    assert "different experiment" in msg and "task_kwargs" in msg and "--overwrite_output_dir true" in msg
+    assert "\n" not in msg
+    with pytest.raises(ConfigError, match="num_generations"):
+        prepare([*base, "--task_kwargs", "{num_eval: 16}", "--num_generations", "4"])
+    # run length and logging may change; overwrite_output_dir starts again
+    prepare([*base, "--task_kwargs", "{num_eval: 16}", "--max_steps", "500", "--eval_steps", "3"])
+    prepare([*base, "--task_kwargs", "{num_eval: 32}", "--overwrite_output_dir", "true"])
+
+
+def test_resume_with_another_world_size_is_one_line(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _fake_run(out, [])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="saved by 1 processes and this run has 2; launch with --num_processes 1"):
+        prepare(["--output_dir", str(out)])
+
+
+def test_eval_reward_needing_a_missing_column_fails_before_the_model_loads():
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--eval_reward", "countdown"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "needs the column 'target'" in lines[0] and "arithmetic" in lines[0]
+    assert "Loading weights" not in proc.stdout + proc.stderr

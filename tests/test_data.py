@@ -13,16 +13,12 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from grpo.config import ConfigError, load_config
-from grpo.data import (
-    DataError,
-    DatasetStream,
-    get_task,
-    gsm8k_gold,
-    last_boxed,
-    render_prompt,
-)
+from grpo.config import ConfigError
+from grpo.errors import DataError
+from grpo.preflight import prepare
 from grpo.smoke import build_tokenizer
+from grpo.tasks import DatasetStream, get_task, render_prompt
+from grpo.tasks.golds import gsm8k_gold, last_boxed
 
 R1_TABLE_1 = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The assistant "
@@ -100,7 +96,7 @@ def test_gsm8k_from_local_jsonl_normalises_gold_and_renders_prompts(tmp_path):
     test = write_jsonl(tmp_path / "test.jsonl", gsm8k_rows(3, start=100))
     task = get_task("gsm8k", path=train, eval_path=test)
     assert task.stats == {"train_rows": 10, "eval_rows": 3, "bad_rows_skipped": 0}
-    row = task.eval_rows[0]
+    row = task.eval_rows()[0]
     assert row["answer"] == "1100"  # "1,100" after #### -> "1100"
     assert row["prompt"] == render_prompt(row["question"], "r1")
     assert "#### 1,100" in row["solution"]  # the full solution passes through for custom rewards
@@ -114,7 +110,7 @@ def test_bad_row_names_its_index_or_is_skipped_and_counted(tmp_path, caplog):
     del rows[2]["question"]
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     test = write_jsonl(tmp_path / "test.jsonl", gsm8k_rows(2))
-    with pytest.raises(DataError, match=r"bad row 2: column 'question' is missing.*on_bad_row: skip"):
+    with pytest.raises(DataError, match=r"bad row 2: missing column 'question'.*on_bad_row: skip"):
         get_task("gsm8k", path=train, eval_path=test)
     with caplog.at_level(logging.WARNING, logger="grpo.data"):
         task = get_task("gsm8k", path=train, eval_path=test, on_bad_row="skip")
@@ -143,15 +139,15 @@ def test_math_filters_levels_and_reads_gold_from_answer_or_last_box(tmp_path):
     assert {r["level"] for r in rows} <= {3, 4, 5}
     assert task.stats["train_rows"] == 6  # levels 3, 4, 5 of 1..5, twice each
     assert all(r["answer"] == r["question"][1:] for r in rows)  # gold from the last box
-    assert task.eval_rows[0]["answer"] == "\\frac{3}{4}"  # the answer column wins; eval is never level-filtered
-    assert task.eval_rows[0]["prompt"].startswith("<|im_start|>system\nPlease reason step by step")
+    assert task.eval_rows()[0]["answer"] == "\\frac{3}{4}"  # the answer column wins; eval is never level-filtered
+    assert task.eval_rows()[0]["prompt"].startswith("<|im_start|>system\nPlease reason step by step")
 
 
 def test_countdown_holds_out_eval_rows_and_keeps_target_and_nums(tmp_path):
     rows = [{"target": 10 + i, "nums": [i + 1, 9, 1]} for i in range(12)]
     task = get_task("countdown", path=write_jsonl(tmp_path / "cd.jsonl", rows), num_eval=4)
-    assert task.stats["train_rows"] == 8 and [r["target"] for r in task.eval_rows] == [18, 19, 20, 21]
-    row = task.eval_rows[0]
+    assert task.stats["train_rows"] == 8 and [r["target"] for r in task.eval_rows()] == [18, 19, 20, 21]
+    row = task.eval_rows()[0]
     assert row["answer"] == "18" and row["nums"] == [9, 9, 1]
     assert "Using the numbers [9, 9, 1], create an equation that equals 18." in row["prompt"]
     assert row["prompt"].endswith("Assistant: <think>")  # TinyZero prefills <think>
@@ -172,7 +168,7 @@ def test_generic_dataset_maps_columns_from_any_local_format(tmp_path, fmt):
     task = get_task("dataset", path=str(path), question_field="problem_text", answer_field="solution_value",
                     template="plain", num_eval=2)
     assert task.stats["train_rows"] == 10 and task.stats["eval_rows"] == 2
-    row = task.eval_rows[-1]
+    row = task.eval_rows()[-1]
     assert row == {"question": "What is 11 squared?", "answer": "121", "source": "gen", "prompt": "What is 11 squared?"}
 
 
@@ -180,8 +176,10 @@ def test_generic_dataset_gold_formats_and_missing_answer_column(tmp_path):
     rows = [{"q": f"q{i}", "a": f"work\n#### {i}"} for i in range(6)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     task = get_task("dataset", path=path, question_field="q", answer_field="a", gold="gsm8k", num_eval=1)
-    assert task.eval_rows[0]["answer"] == "5"
-    with pytest.raises(DataError, match="bad row 0: column 'answer' is missing"):
+    assert task.eval_rows()[0]["answer"] == "5"
+    # A column no row has is a config mistake, not a bad row: the message lists the real columns and does not
+    # advise on_bad_row: skip (which would skip every row).
+    with pytest.raises(DataError, match="no column 'answer' in the data; its columns are q, a; point task_kwargs"):
         get_task("dataset", path=path, question_field="q", num_eval=1)
     with pytest.raises(TypeError, match="needs task_kwargs.path"):
         get_task("dataset")
@@ -195,20 +193,6 @@ def test_unreachable_dataset_is_one_line_with_the_offline_fix():
     msg = str(e.value)
     assert "\n" not in msg and "nobody/no-such-dataset-xyz" in msg
     assert "HF_HUB_OFFLINE" in msg and "local .jsonl/.parquet/.csv" in msg
-
-
-def test_tasks_are_cached_until_the_file_changes(tmp_path):
-    path = tmp_path / "cd.jsonl"
-    write_jsonl(path, [{"target": i, "nums": [i, 1, 1]} for i in range(8)])
-    a = get_task("countdown", path=str(path), num_eval=2)
-    assert get_task("countdown", path=str(path), num_eval=2) is a
-    write_jsonl(path, [{"target": i, "nums": [i, 2, 2]} for i in range(8)])
-    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
-    b = get_task("countdown", path=str(path), num_eval=2)
-    assert b is not a and b.eval_rows[0]["nums"] == [6, 2, 2]
-
-
-# --- the stream ----------------------------------------------------------------------------------------
 
 
 def test_stream_shuffles_with_the_seed_covers_each_epoch_and_cycles():
@@ -253,15 +237,15 @@ def test_reward_kwargs_must_match_the_template(tmp_path):
     base = ["--model_name_or_path", "models/tiny-base", "--task", "gsm8k", "--task_kwargs", kwargs,
             "--output_dir", str(tmp_path / "o")]
     with pytest.raises(ConfigError, match=r"reward 'format' has template: r1 .* rewards.format.kwargs.template: boxed"):
-        load_config([*base, "--rewards", "{accuracy: {weight: 1, kwargs: {answer_format: boxed}}, format: 0.1}"])
+        prepare([*base, "--rewards", "{accuracy: {weight: 1, kwargs: {answer_format: boxed}}, format: 0.1}"])
     with pytest.raises(ConfigError, match=r"reward 'accuracy' has answer_format: r1"):
-        load_config([*base, "--rewards", "{accuracy: 1.0}"])
+        prepare([*base, "--rewards", "{accuracy: 1.0}"])
     both = "{accuracy: {weight: 1, kwargs: {answer_format: boxed}}, format: {weight: 0.1, kwargs: {template: boxed}}}"
-    cfg = load_config([*base, "--rewards", both])
+    cfg, _ = prepare([*base, "--rewards", both])
     assert cfg.task_kwargs["template"] == "qwen_math"
     prefill = json.dumps({"path": train, "eval_path": train, "prefill_think": True})
     with pytest.raises(ConfigError, match=r"reward 'format' has prefilled_think: False .*prefill_think: true"):
-        load_config([*base[:-2], "--task_kwargs", prefill, "--output_dir", str(tmp_path / "o"),
+        prepare([*base[:-2], "--task_kwargs", prefill, "--output_dir", str(tmp_path / "o"),
                      "--rewards", "{format: 1.0}"])
 
 
@@ -270,5 +254,13 @@ def test_config_validation_reports_a_bad_dataset_before_any_model_loads(tmp_path
     rows[1]["answer"] = "forgot the marker"
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(ConfigError, match=r"task 'gsm8k': .*bad row 1: no '####'"):
-        load_config(["--task", "gsm8k", "--task_kwargs", json.dumps({"path": train, "eval_path": train}),
+        prepare(["--task", "gsm8k", "--task_kwargs", json.dumps({"path": train, "eval_path": train}),
                      "--output_dir", str(tmp_path / "o")])
+
+
+def test_unknown_dataset_kwarg_lists_every_accepted_key(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"q": "x", "a": "1"}] * 4)
+    with pytest.raises(TypeError) as e:
+        get_task("dataset", path=path, question_feild="q")
+    for key in ("question_field", "answer_field", "gold", "keep_columns", "template", "on_bad_row"):
+        assert key in str(e.value)

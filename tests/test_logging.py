@@ -378,13 +378,15 @@ def test_report_to_errors_are_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown tracker 'mlfow'; choose from tensorboard, wandb, trackio"):
         load_config([*base, "--report_to", "mlfow"])
     import grpo.config
+    from grpo.preflight import prepare
 
-    monkeypatch.setattr(grpo.config, "_installed", lambda modules: False)
+    monkeypatch.setattr(grpo.config, "installed", lambda modules: False)
+    monkeypatch.setattr("grpo.preflight.installed", lambda modules: False)
     with pytest.raises(ConfigError) as e:
-        load_config([*base, "--report_to", "tensorboard,wandb"])
+        prepare([*base, "--report_to", "tensorboard,wandb"])
     assert str(e.value) == "report_to 'tensorboard' needs the tensorboard package: pip install 'grpo-zero[tensorboard]'"
     with pytest.raises(ConfigError, match=r"report_to 'wandb' needs the wandb package: pip install 'grpo-zero\[wandb\]'"):
-        load_config([*base, "--report_to", "wandb"])
+        prepare([*base, "--report_to", "wandb"])
     assert report_to_list("all") == []  # "all" means the installed ones: none here, and no error
     with pytest.raises(ConfigError, match="log_completions_steps"):
         load_config([*base, "--log_completions_steps", "-1"])

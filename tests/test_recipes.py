@@ -31,6 +31,7 @@ from grpo.model import (
     resolve_dtype,
     save_final,
 )
+from grpo.preflight import prepare
 from grpo.rollout import RolloutBatch
 from grpo.smoke import ARCHITECTURES, build_model, build_tokenizer, tiny_config
 
@@ -97,10 +98,10 @@ def test_recipe_smoke_lora_changes_only_adapter_weights(name, tmp_path):
 
     # lr 1e-2 instead of the recipes' 1e-6: after one step the adapter moves far enough that a KL to the base
     # (the adapter switched off) is visibly > 0.
-    cfg = load_config(["--config", recipe(name), "--smoke", "--use_peft", "true", "--learning_rate", "1e-2",
-                       "--output_dir", str(tmp_path / "run")])
+    cfg, task = prepare(["--config", recipe(name), "--smoke", "--use_peft", "true", "--learning_rate", "1e-2",
+                         "--output_dir", str(tmp_path / "run")])
     before = _lora_params(load_policy(cfg))  # the seeded start: same base weights, same adapter init
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, task)
     trainer.train()
     after = _lora_params(trainer.accelerator.unwrap_model(trainer.model))
     assert before.keys() == after.keys()
@@ -348,13 +349,11 @@ def test_standalone_evaluate_command(tmp_path):
 ])
 def test_eval_options_score_like_the_recipe_trains(name, right, wrong, tmp_path):
     """eval_options(cfg, task) gives the eval reward and format reward the recipe's template and kwargs."""
-    from grpo.data import get_task
     from grpo.evaluate import eval_options
 
-    cfg = load_config(["--config", recipe(name), "--smoke", "--output_dir", str(tmp_path / "o")])
-    task = get_task(cfg.task, **cfg.task_kwargs)
+    cfg, task = prepare(["--config", recipe(name), "--smoke", "--output_dir", str(tmp_path / "o")])
     opts = eval_options(cfg, task)
-    row = task.eval_rows[0]
+    row = task.eval_rows()[0]
     cols = {k: [row[k]] * 2 for k in row if k != "prompt"}
     equation = f"{row['nums'][0]} + {row['nums'][1]} - {row['nums'][2]}" if "nums" in row else ""
     if "nums" in row and len(row["nums"]) == 4:

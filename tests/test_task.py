@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from grpo.data import (
+from grpo.tasks import get_task
+from grpo.tasks.arithmetic import (
     arithmetic_prompt,
-    get_task,
     make_arithmetic_row,
     solution_direct,
     solution_malformed,
@@ -48,8 +48,8 @@ def test_rows_are_seeded_and_in_range():
 def test_eval_set_is_fixed_distinct_and_held_out():
     task = get_task("arithmetic", num_eval=64)
     again = get_task("arithmetic", num_eval=64)
-    questions = [r["question"] for r in task.eval_rows]
-    assert questions == [r["question"] for r in again.eval_rows]
+    questions = [r["question"] for r in task.eval_rows()]
+    assert questions == [r["question"] for r in again.eval_rows()]
     assert len(set(questions)) == 64
     stream = task.train_stream(0)
     train_questions = {r["question"] for r in stream.take(2000)}

@@ -1,0 +1,92 @@
+"""The synthetic ``arithmetic`` task: the embedded default.
+
+Sums of 2-8 single-digit numbers written in a 26-token vocabulary, so the bundled tiny base model
+(``models/tiny-base``) can learn it on a laptop CPU. Its prompt is the R1-Zero template in miniature: the completion
+is expected to think inside ``<think></think>`` and answer inside ``<answer></answer>``.
+``scripts/make_tiny_base.py`` pretrains the tiny model on completions written by :func:`solution_direct`,
+:func:`solution_steps` and :func:`solution_malformed`, so this file is the single source of the task's text format.
+"""
+
+from __future__ import annotations
+
+import random
+
+from grpo.tasks.base import Task
+from grpo.tasks.registry import register_task
+
+THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+
+
+def arithmetic_prompt(nums: list[int]) -> str:
+    """The prompt for a sum, e.g. ``"Q: 6+2+2+7=?\\nA:"``; the completion starts right after ``A:``."""
+    return "Q: " + "+".join(str(n) for n in nums) + "=?\nA:"
+
+
+def solution_direct(nums: list[int]) -> str:
+    """An answer with an empty think block: ``<think></think><answer>17</answer>``."""
+    return f"{THINK_OPEN}{THINK_CLOSE}{ANSWER_OPEN}{sum(nums)}{ANSWER_CLOSE}"
+
+
+def solution_steps(nums: list[int]) -> str:
+    """A chain of partial sums: ``<think>6+2=8\\n8+2=10\\n10+7=17</think><answer>17</answer>``."""
+    total, lines = nums[0], []
+    for n in nums[1:]:
+        lines.append(f"{total}+{n}={total + n}")
+        total += n
+    return f"{THINK_OPEN}" + "\n".join(lines) + f"{THINK_CLOSE}{ANSWER_OPEN}{total}{ANSWER_CLOSE}"
+
+
+def solution_malformed(nums: list[int], rng: random.Random) -> str:
+    """A completion that breaks the R1 format in one of a few ways, so the format reward has signal."""
+    good = solution_direct(nums) if rng.random() < 0.5 else solution_steps(nums)
+    kind = rng.randrange(4)
+    if kind == 0:  # no tags at all
+        return f" {sum(nums)}"
+    if kind == 1:  # answer without its think block
+        return f"{ANSWER_OPEN}{sum(nums)}{ANSWER_CLOSE}"
+    if kind == 2:  # text after the answer
+        return good + f" {sum(nums)}"
+    return good.replace(ANSWER_CLOSE, "")  # unclosed answer
+
+
+def make_arithmetic_row(rng: random.Random, min_terms: int = 2, max_terms: int = 8, max_digit: int = 9) -> dict:
+    """One problem row: ``question`` ("6+2+2+7"), ``prompt``, gold ``answer`` ("17") and ``nums``."""
+    k = rng.randint(min_terms, max_terms)
+    nums = [rng.randint(1, max_digit) for _ in range(k)]
+    return {
+        "question": "+".join(map(str, nums)),
+        "prompt": arithmetic_prompt(nums),
+        "answer": str(sum(nums)),
+        "nums": nums,
+    }
+
+
+# The eval set is drawn from its own seed so it never depends on the run's seed: every run of the
+# default task is scored on the same problems, and the train stream skips them (held out).
+EVAL_SEED = 1234
+
+
+@register_task("arithmetic")
+def arithmetic_task(min_terms: int = 2, max_terms: int = 8, max_digit: int = 9, num_eval: int = 256) -> Task:
+    """Sums of ``min_terms``..``max_terms`` numbers in 1..``max_digit``; ``num_eval`` held-out problems."""
+    if not 2 <= min_terms <= max_terms:
+        raise ValueError(f"arithmetic task needs 2 <= min_terms <= max_terms, got {min_terms}, {max_terms}")
+    if not 1 <= max_digit <= 9:
+        raise ValueError(f"arithmetic task needs single digits: max_digit in 1..9, got {max_digit}")
+
+    def make_row(rng: random.Random) -> dict:
+        return make_arithmetic_row(rng, min_terms, max_terms, max_digit)
+
+    eval_rng = random.Random(EVAL_SEED)
+    eval_rows: list[dict] = []
+    seen: set[str] = set()
+    # Distinct problems only; the k=2 space is small, so cap attempts rather than loop forever.
+    for _ in range(num_eval * 20):
+        if len(eval_rows) == num_eval:
+            break
+        row = make_row(eval_rng)
+        if row["question"] not in seen:
+            seen.add(row["question"])
+            eval_rows.append(row)
+    return Task("arithmetic", eval_rows, make_row=make_row, exclude=frozenset(seen),
+                stats={"eval_rows": len(eval_rows)}, columns=("question", "answer", "nums"))
