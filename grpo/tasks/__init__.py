@@ -7,7 +7,7 @@ for a train stream (endless, seeded, resumable) and a fixed held-out eval list. 
 Built-in tasks (``task:`` in the config):
 
 * ``arithmetic`` (:mod:`grpo.tasks.arithmetic`): synthetic sums for the bundled tiny base model, the default.
-* ``gsm8k``, ``math``, ``countdown``, ``dataset`` (:mod:`grpo.tasks.hub`): real datasets by hub name or local
+* ``gsm8k``, ``math``, ``countdown``, ``dataset`` (one file each): real datasets by hub name or local
   JSONL/JSON/Parquet/CSV files (:mod:`grpo.tasks.loading`).
 
 Prompts use a template (:mod:`grpo.tasks.templates`); gold answers are read and checked once at load time
@@ -17,7 +17,7 @@ returns a :class:`Task`, imported below (or by your own code before the run star
 
 from __future__ import annotations
 
-from grpo.tasks import arithmetic, hub  # noqa: F401  (registers the built-in tasks)
+from grpo.tasks import arithmetic, countdown, dataset, gsm8k, math  # noqa: F401  (registers the built-in tasks)
 from grpo.tasks.base import DatasetStream, PromptStream, Task
 from grpo.tasks.registry import TASKS, get_task, register_task
 from grpo.tasks.templates import TEMPLATES, check_rewards_match, render_prompt, reward_defaults

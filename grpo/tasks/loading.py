@@ -195,3 +195,13 @@ def spec_from_kwargs(kwargs: dict, own: tuple[str, ...] = (), **defaults: Any) -
     if bad:
         raise TypeError(f"unknown task_kwargs {bad}; accepted: {', '.join(sorted(known | set(own)))}")
     return DatasetSpec(**{**defaults, **{k: v for k, v in kwargs.items() if k not in own}})
+
+
+def text_column(row: dict, key: str) -> str:
+    """``row[key]`` as non-empty text; a missing value raises ``KeyError`` (a missing column), bad text ``ValueError``."""
+    value = row[key]
+    if value is None:  # a column absent from some rows of a JSONL file loads as None
+        raise KeyError(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"column {key!r} is empty or not text")
+    return value
