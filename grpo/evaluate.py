@@ -233,13 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         format_fn = functools.partial(reward_registry.get("format"), **{**defaults.get("format", {}),
                                                                           **s["format_kwargs"]})
         model, tokenizer = load_for_eval(args.model, args.dtype, args.trust_remote_code, args.attn_implementation)
+        rows = task.eval_rows(tokenizer)  # a chat template the tokenizer lacks is a one-line error too
     except (ConfigError, ValueError, TypeError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     acc = Accelerator(cpu=not torch.cuda.is_available())
     model = model.to(acc.device)
     backend = CompactSampler(tokenizer, s["max_new_tokens"], temperature=s["temperature"])
-    result = evaluate(model, backend, task.eval_rows(tokenizer), acc, s["batch_size"], s["max_new_tokens"],
+    result = evaluate(model, backend, rows, acc, s["batch_size"], s["max_new_tokens"],
                       accuracy_fn=accuracy_fn, format_fn=format_fn, pass_k=s["pass_k"], keep_samples=bool(args.output))
     if acc.is_main_process:
         n = int(result["eval/num_rows"])

@@ -18,7 +18,7 @@ from grpo.errors import DataError
 from grpo.preflight import prepare
 from grpo.smoke import build_tokenizer
 from grpo.tasks import DatasetStream, get_task, render_prompt
-from grpo.tasks.golds import gsm8k_gold, last_boxed
+from grpo.tasks.golds import first_bad_gold, gsm8k_gold, last_boxed
 
 R1_TABLE_1 = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The assistant "
@@ -86,6 +86,12 @@ def test_gsm8k_gold_strips_thousands_separators_and_needs_hashes():
     assert gsm8k_gold("3 + 4 = 7\n#### 1,007") == "1007"
     with pytest.raises(ValueError, match="####"):
         gsm8k_gold("the answer is 7")
+
+
+def test_first_bad_gold_is_an_index_and_a_reason():
+    assert first_bad_gold(["1", "2.5", "-3"]) is None
+    k, reason = first_bad_gold(["1", "2", None, None])
+    assert k == 2 and reason == "gold answer is None; column 'answer' must hold strings"
 
 
 # --- tasks over local files ----------------------------------------------------------------------------

@@ -324,6 +324,19 @@ def test_evaluate_counts_only_full_credit_as_right():
     assert out["eval/accuracy"] == 0.0
 
 
+def test_standalone_evaluate_chat_template_on_a_base_tokenizer_is_one_line(tmp_path, capsys):
+    """A chat template the model's tokenizer lacks ends `python -m grpo.evaluate` with one line, exit 2."""
+    from grpo.evaluate import main
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "2"}\n{"question": "2+2?", "answer": "4"}\n')
+    rc = main([str(ROOT / "models/tiny-base"), "--task", "dataset", "--task_kwargs",
+               json.dumps({"path": str(data), "eval_split": "train"}), "--template", "chat", "--max_new_tokens", "16"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and err == ["error: template 'chat' needs a tokenizer with a chat_template; use an instruct model "
+                               "or template r1 / qwen_math for base models"]
+
+
 @pytest.mark.slow
 def test_standalone_evaluate_command(tmp_path):
     out_file = tmp_path / "eval.json"

@@ -41,11 +41,28 @@ def check_gold(answer: str) -> str:
     return answer.strip()
 
 
-def _gold_parser() -> Callable[[list[str]], Any] | None:
-    """``rewards.accuracy.parse_golds`` (batch; raises ValueError "row i: ..."), else None (no parser yet)."""
+def first_bad_gold(answers: list[str]) -> tuple[int | None, str] | None:
+    """The first gold the accuracy reward cannot parse, as (index or None, reason); ``None`` when all parse.
+
+    ``rewards.accuracy.parse_golds`` reports a bad gold as ``ValueError("row i: reason")``; this is the one place
+    that reads that text. The rewards side is moving to structured (index, reason) problems, and then this
+    function returns them as they come.
+    """
     from rewards import accuracy  # rewards import nothing from grpo, so this cannot cycle
 
-    return getattr(accuracy, "parse_golds", None)
+    parse = getattr(accuracy, "parse_golds", None)
+    if parse is None:  # a rewards package without a batch gold parser: nothing to check
+        return None
+    try:
+        parse(answers)
+    except ValueError as e:
+        msg = str(e).splitlines()[0]
+        head, _, reason = msg.partition(":")
+        k = head.removeprefix("row ")
+        if not (msg.startswith("row ") and reason and k.isdigit() and int(k) < len(answers)):
+            return None, msg[:200]
+        return int(k), reason.strip().removesuffix("; fix or drop the row")[:200]
+    return None
 
 
 def validate_golds(rows: list[dict], indices: list[int], source: str, on_bad_row: str) -> tuple[list[dict], list[str]]:
@@ -58,25 +75,19 @@ def validate_golds(rows: list[dict], indices: list[int], source: str, on_bad_row
         (rows whose gold parses, reasons for the rows dropped). With ``on_bad_row == "error"`` the first bad
         gold raises :class:`DataError` naming its dataset row.
     """
-    parse = _gold_parser()
-    if parse is None:
-        return rows, []
     rows, indices, dropped = list(rows), list(indices), []
     while rows:
-        try:
-            parse([r["answer"] for r in rows])
+        problem = first_bad_gold([r["answer"] for r in rows])
+        if problem is None:
             break
-        except ValueError as e:
-            msg = str(e).splitlines()[0]
-            k = int(msg.split(":", 1)[0].removeprefix("row ")) if msg.startswith("row ") and ":" in msg else None
-            if k is None or not 0 <= k < len(rows):
-                raise DataError(f"{source}: gold answers cannot be parsed: {msg[:200]}") from None
-            reason = msg.split(":", 1)[1].strip().removesuffix("; fix or drop the row")[:200]
-            if on_bad_row == "error":
-                raise DataError(f"{source}: bad row {indices[k]}: {reason}; fix the data or set "
-                                "task_kwargs.on_bad_row: skip") from None
-            dropped.append(f"row {indices[k]}: {reason}")
-            del rows[k], indices[k]  # rows before k passed; parse the rest again
+        k, reason = problem
+        if k is None:
+            raise DataError(f"{source}: gold answers cannot be parsed: {reason}")
+        if on_bad_row == "error":
+            raise DataError(f"{source}: bad row {indices[k]}: {reason}; fix the data or set "
+                            "task_kwargs.on_bad_row: skip")
+        dropped.append(f"row {indices[k]}: {reason}")
+        del rows[k], indices[k]  # rows before k passed; parse the rest again
     return rows, dropped
 
 
