@@ -176,12 +176,13 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         cfg = load_config(["--config", args.config])
         s.update(task=cfg.task, task_kwargs=dict(cfg.task_kwargs), rewards=cfg.rewards, reward=cfg.eval_reward,
                  batch_size=cfg.eval_batch_size, pass_k=cfg.eval_pass_k, temperature=cfg.temperature,
-                 max_new_tokens=cfg.eval_max_completion_length or cfg.max_completion_length)
+                 max_new_tokens=cfg.eval_max_completion_length or cfg.max_completion_length, explicit_budget=True)
     if args.task and args.task != s["task"]:
         s["task_kwargs"] = {}  # another task than the recipe's: its kwargs do not apply
     for key in ("task", "reward", "batch_size", "max_new_tokens", "pass_k", "temperature"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
+    s["explicit_budget"] = s.get("explicit_budget", False) or args.max_new_tokens is not None
     s["task_kwargs"].update(_yaml(args.task_kwargs, "--task_kwargs"))
     if args.data:
         s["task_kwargs"].update(eval_path=args.data, eval_split=s["task_kwargs"].get("eval_split") or "test")
@@ -210,7 +211,9 @@ def _preflight(args: argparse.Namespace, s: dict[str, Any]) -> Any:
             raise ValueError(f"--{flag} must be >= 1, got {s[flag]}")
     cfg = GRPOConfig(model_name_or_path=args.model, task=s["task"], task_kwargs=s["task_kwargs"],
                      rewards=s["rewards"] or {s["reward"]: 1.0}, eval_reward=s["reward"], eval_pass_k=s["pass_k"],
-                     max_completion_length=s["max_new_tokens"], temperature=s["temperature"],
+                     # the context check applies to an explicit --max_new_tokens or recipe budget, not the default
+                     max_completion_length=s["max_new_tokens"] if s.get("explicit_budget") else 1,
+                     temperature=s["temperature"],
                      eval_batch_size=s["batch_size"], trust_remote_code=args.trust_remote_code)
     validate(cfg)
     _, task = preflight(cfg, resume=False)

@@ -12,15 +12,23 @@ Built-in tasks (``task:`` in the config):
 
 Prompts use a template (:mod:`grpo.tasks.templates`); gold answers are read and checked once at load time
 (:mod:`grpo.tasks.golds`). A new task is one small file: a factory decorated with ``@register_task("name")`` that
-returns a :class:`Task`, imported below (or by your own code before the run starts).
+returns a :class:`Task`; every module of this package is imported here, so dropping the file in is enough
+(a task outside the package registers when your code imports it before the run starts).
 """
 
 from __future__ import annotations
 
-from grpo.tasks import arithmetic, countdown, dataset, gsm8k, math  # noqa: F401  (registers the built-in tasks)
+import importlib
+import pkgutil
+
 from grpo.tasks.base import DatasetStream, PromptStream, Task
 from grpo.tasks.registry import TASKS, get_task, register_task
 from grpo.tasks.templates import TEMPLATES, check_rewards_match, render_prompt, reward_defaults
 
 __all__ = ["TASKS", "TEMPLATES", "DatasetStream", "PromptStream", "Task", "check_rewards_match", "get_task",
            "register_task", "render_prompt", "reward_defaults"]
+
+_INFRASTRUCTURE = {"base", "golds", "loading", "registry", "templates"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _INFRASTRUCTURE:
+        importlib.import_module(f"{__name__}.{_module.name}")  # each task file registers itself
