@@ -16,3 +16,7 @@ class TrainingError(RuntimeError):
 
 class DataError(ConfigError):
     """A dataset that cannot be loaded or used; the message is one line naming the problem and the fix."""
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint cannot be written (disk full, I/O error) or no intact one is left to resume from."""

@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from torch import Tensor
 
 from grpo import core, metrics, policy
-from grpo.checkpoint import load_checkpoint, restore_logs, resume_point, save_checkpoint
+from grpo.checkpoint import load_checkpoint, resolve_resume, restore_logs, save_checkpoint, write_errors
 from grpo.config import GRPOConfig
 from grpo.dynamic_sampling import advantages_over_ranks, any_rank, collect
 from grpo.errors import TrainingError
@@ -241,7 +241,7 @@ class Trainer:
             TrainingError: ``max_bad_steps`` steps in a row had a non-finite loss or gradient.
         """
         cfg, acc = self.cfg, self.accelerator
-        resume_from = resume_point(acc, cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
+        resume_from = resolve_resume(acc, cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
         self.logger.start()
         start_step, first_eval, last_eval = 0, None, None
         if resume_from is not None:
@@ -279,8 +279,8 @@ class Trainer:
         wall = time.perf_counter() - t_start
         finished = step >= cfg.max_steps and not stop.requested
         if cfg.save_final_model and finished and start_step < cfg.max_steps:
-            # A LoRA run saves its adapter, or with save_merged the base with the adapter merged in (grpo/model.py).
-            save_final(self.model, self.tokenizer, f"{cfg.output_dir}/final", cfg.save_merged, acc)
+            with write_errors(f"{cfg.output_dir}/final", cfg.output_dir):  # LoRA: adapter or merged (grpo/model.py)
+                save_final(self.model, self.tokenizer, f"{cfg.output_dir}/final", cfg.save_merged, acc)
         summary = {"first_eval": first_eval, "last_eval": last_eval, "wall_s": wall, "steps": step,
                    "resumed_from": str(resume_from) if resume_from else None, "interrupted": stop.requested}
         self.logger.finish(summary)
@@ -290,8 +290,8 @@ class Trainer:
 
     def save_checkpoint(self, step: int) -> Path:
         """Atomic ``output_dir/checkpoint-<step>`` with everything exact resume needs (all ranks call this)."""
-        rank_state = {"stream": self.stream.state_dict(), "bad_steps": self.bad_steps}
-        return save_checkpoint(self.accelerator, self.cfg.output_dir, step, rank_state, self.cfg.save_total_limit)
+        state = {"stream": self.stream.state_dict(), "bad_steps": self.bad_steps}
+        return save_checkpoint(self.accelerator, self.cfg.output_dir, step, state, self.cfg.save_total_limit, self.model)
 
     def _check_bad_steps(self, step: int, metrics: dict[str, float]) -> None:
         """Count steps in a row whose update was dropped as non-finite; stop after ``max_bad_steps``."""
