@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,55 @@ def make_accelerator(cfg: GRPOConfig, micro_steps: int, trackers: list[str]) -> 
                       log_with=trackers or None, project_dir=cfg.output_dir)
     if cfg.cpu_threads and acc.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
+    _fsdp_on_cpu(acc)
     return acc
+
+
+def _fsdp_on_cpu(acc: Any) -> None:
+    """Make ``accelerate launch --config_file configs/accelerate/fsdp.yaml`` shard on CPU ranks too (gloo).
+
+    accelerate maps any multi-process CPU run to MULTI_CPU (plain DDP), silently ignoring the FSDP config; FSDP2
+    itself runs on CPU. So when the launcher asked for FSDP, switch the (process-wide) state to it before
+    ``prepare``: both the accelerator's and the partial state's copy, which accelerate re-syncs on every access.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or acc.distributed_type != DistributedType.MULTI_CPU:
+        return
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    acc.state.distributed_type = DistributedType.FSDP
+    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+
+
+@contextlib.contextmanager
+def full_weights(model: torch.nn.Module, accelerator: Any) -> Iterator[torch.nn.Module]:
+    """The unwrapped model, with FSDP2-sharded weights gathered once for the block (generation, eval).
+
+    A sharded forward all-gathers each layer: a collective every rank must join. Rollouts run a different number
+    of decode steps on each rank (each samples its own prompts, finished rows drop out), so per-forward gathers
+    would deadlock. Gathering once before (and resharding after) keeps generation local, as ZeRO-3's
+    ``GatheredParameters`` does in TRL. Costs one full copy of the weights per rank while generating.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    inner = accelerator.unwrap_model(model)
+    mods = [m for m in inner.modules() if isinstance(m, FSDPModule)]
+    saved = []
+    for m in mods:  # same modules in the same order on every rank: the all-gathers match
+        state = m._get_fsdp_state()
+        saved.append((state._auto_reshard_after_forward, [g.post_forward_mesh_info for g in state._fsdp_param_groups]))
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield inner
+    finally:
+        for m, (auto, infos) in zip(mods, saved):
+            state = m._get_fsdp_state()
+            state._auto_reshard_after_forward = auto
+            for g, info in zip(state._fsdp_param_groups, infos):
+                g.post_forward_mesh_info = info
+            m.reshard()
 
 
 def build_optimizer(cfg: GRPOConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:

@@ -29,6 +29,7 @@ from grpo.evaluate import eval_options, evaluate
 from grpo.logging import MetricsLogger, completion_records, tracker_names
 from grpo.model import (
     build_optimizer,
+    full_weights,
     load_policy,
     load_reference,
     load_tokenizer,
@@ -93,8 +94,8 @@ class Trainer:
         """Sample B prompts, G completions each, and score them. -> batch of N with rewards, round metrics."""
         t0 = time.perf_counter()
         rows = self.stream.take(self.prompts_per_step)
-        model = self.accelerator.unwrap_model(self.model)
-        rollout = self.backend.generate(model, [r["prompt"] for r in rows], self.cfg.num_generations)
+        with full_weights(self.model, self.accelerator) as model:  # FSDP: gathered once, not per decoded token
+            rollout = self.backend.generate(model, [r["prompt"] for r in rows], self.cfg.num_generations)
         rows = [r for r in rows for _ in range(self.cfg.num_generations)]
         t1 = time.perf_counter()
         rewards, per_reward, reward_metrics = score(self.rewards, rollout.completions, rows, rollout.prompts,
@@ -225,12 +226,11 @@ class Trainer:
     # --- evaluation --------------------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy pass@1 on the task's held-out rows (all ranks take part)."""
+        """Greedy pass@1 on the held-out rows (all ranks take part); eval rewards get the run's kwargs (boxed...)."""
         cfg = self.cfg
-        # The eval reward and format reward get the run's kwargs (boxed answers, prefilled <think>...).
-        return evaluate(self.accelerator.unwrap_model(self.model), self.backend, self.eval_rows, self.accelerator,
-                        cfg.eval_batch_size, cfg.eval_max_completion_length or cfg.max_completion_length,
-                        **eval_options(cfg, self.task))
+        with full_weights(self.model, self.accelerator) as model:
+            return evaluate(model, self.backend, self.eval_rows, self.accelerator, cfg.eval_batch_size,
+                            cfg.eval_max_completion_length or cfg.max_completion_length, **eval_options(cfg, self.task))
 
     # --- the loop ----------------------------------------------------------------------------------------
 
