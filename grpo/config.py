@@ -86,6 +86,16 @@ class GRPOConfig:
     dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: drop groups whose rewards all agree and sample more prompts until the batch is full.")
     max_sampling_rounds: int = _f(3, "Dynamic sampling: at most this many rollout rounds per step; then the batch is topped up with dropped groups.")
     num_iterations: int = _f(1, "mu: policy updates per rollout batch (1 = on-policy; ratio is then exactly 1).")
+    vllm_importance_sampling_correction: bool | None = _f(
+        None, "Reweight the loss by the trainer/sampler probability ratio of the sampled tokens (TRL's correction for "
+        "the sampler's numerical mismatch). None = auto: on for rollout_backend vllm (TRL's default), off for compact "
+        "and hf, which sample with the training weights (true there measures it: sampling/* metrics).")
+    vllm_importance_sampling_mode: str = _f("sequence_mask", "token_truncate, token_mask, sequence_truncate or "
+                                            "sequence_mask (TRL's names and default; see grpo/core.py).")
+    vllm_importance_sampling_clip_max: float | None = _f(3.0, "Upper bound C_max of the correction ratio: truncate "
+                                                         "modes clip to it, mask modes zero tokens/sequences above it.")
+    vllm_importance_sampling_clip_min: float | None = _f(None, "Lower bound C_min of the correction ratio (none by "
+                                                         "default).")
     # --- evaluation, logging, saving
     eval_steps: int = _f(10, "Evaluate on the held-out set every N steps (and before the first and after the last); 0 = never.")
     eval_batch_size: int = _f(128, "Prompts per generate call during evaluation.")
@@ -284,10 +294,16 @@ def validate(cfg: GRPOConfig) -> None:
         "scale_rewards": core.REWARD_SCALES,
         "advantage_estimator": core.ADVANTAGE_ESTIMATORS,
         "importance_sampling_level": core.IMPORTANCE_LEVELS,
+        "vllm_importance_sampling_mode": ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
     }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
+    lo, hi = cfg.vllm_importance_sampling_clip_min, cfg.vllm_importance_sampling_clip_max
+    if lo is not None and hi is not None and lo >= hi:
+        raise ConfigError(f"vllm_importance_sampling_clip_min {lo} must be below vllm_importance_sampling_clip_max {hi}")
+    if cfg.vllm_importance_sampling_mode.endswith("_truncate") and lo is None and hi is None:
+        raise ConfigError("a *_truncate vllm_importance_sampling_mode needs vllm_importance_sampling_clip_max or _min")
     if not cfg.rewards:
         raise ConfigError("config key 'rewards' is empty; give at least one reward, e.g. {accuracy: 1.0}")
     for name, spec in cfg.rewards.items():

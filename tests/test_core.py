@@ -477,3 +477,117 @@ def test_advantages_match_trl(trl_trainers, seed: int) -> None:
         rloo.normalize_advantages = normalize
         close(compute_advantages(rewards, 4, scale, estimator="rloo"),
               _trl_advantages(rloo, rewards, rloo=True).tolist(), tol=1e-6)
+
+
+# --- sampler/trainer mismatch correction (TRL's vllm_importance_sampling_*) ---------------------------------
+
+
+def _trl_sampling_ratio(tr, old: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor, mode: str,
+                        clip_max: float | None, clip_min: float | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """TRL's ``_generate_and_score_completions`` with vLLM on, its generation returning ``sampler`` as vLLM's
+    log-probs and its old-policy forward returning ``old``. -> (importance_sampling_ratio, TRL's sampling metrics)."""
+    n, t = old.shape
+    lengths = mask.sum(-1).long().tolist()
+    completion_ids = [[8] * k for k in lengths]  # TRL rebuilds the mask from the lengths
+    sampler_lists = [sampler[i, :k].tolist() for i, k in enumerate(lengths)]
+    tr._generate = lambda prompts: ([[5, 6, 7]] * n, completion_ids, None, ["ab"] * n, sampler_lists, {}, None, None)
+    tr._calculate_rewards = lambda *a: torch.zeros(n, 1, dtype=F64)
+    tr._get_per_token_logps_and_entropies = lambda *a, **k: (old[:, : max(lengths)], None, None)
+    tr.use_vllm, tr.vllm_importance_sampling_correction, tr.beta = True, True, 0.0
+    tr.vllm_importance_sampling_mode = mode
+    tr.vllm_importance_sampling_clip_max, tr.vllm_importance_sampling_clip_min = clip_max, clip_min
+    tr.model.train()
+    tr._metrics["train"].clear()
+    try:
+        out = tr._generate_and_score_completions([{"prompt": "Q: 1+2=?\nA:"}] * n)
+    finally:
+        tr.use_vllm = False
+    metrics = {k: v[-1] for k, v in tr._metrics["train"].items() if k.startswith("sampling/")}
+    return out["importance_sampling_ratio"], metrics
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
+@pytest.mark.parametrize("clip_min, clip_max", [(None, 3.0), (0.5, 1.5), (0.8, None)])
+def test_sampling_correction_matches_trl(trl_trainers, mode: str, clip_min: float | None, clip_max: float | None):
+    """Our weights and metrics equal TRL 1.16's own computation on the same inputs, every mode and bound."""
+    from grpo.core import sampling_correction_metrics, sampling_correction_weights
+
+    if mode.endswith("truncate") and clip_max is None and clip_min is None:
+        pytest.skip("TRL's config rejects a truncate mode without bounds (so do we)")
+    tr = trl_trainers[0]
+    g = torch.Generator().manual_seed(3)
+    n, t = 8, 6
+    lengths = torch.tensor([6, 3, 5, 1, 6, 4, 2, 6])
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).to(F64)
+    old = -torch.rand(n, t, generator=g, dtype=F64) * 3
+    # sequences 0-3 close to the trainer, 4-7 far (token ratios beyond [0.5, 1.5] and sequence ratios beyond 3)
+    noise = torch.cat([0.05 * torch.randn(4, t, generator=g, dtype=F64), 0.9 * torch.randn(4, t, generator=g, dtype=F64)])
+    noise[5] = 0.5  # the sampler likes sequence 5 more: token ratios 0.61, sequence ratio 0.14 (below the lower bounds)
+    sampler = (old + noise) * mask
+    want, trl_m = _trl_sampling_ratio(tr, old, sampler, mask, mode, clip_max, clip_min)
+    got = sampling_correction_weights(old, sampler, mask, mode, clip_max=clip_max, clip_min=clip_min)
+    assert got.shape == want.shape == ((n, 1) if mode.startswith("sequence") else (n, t))
+    assert torch.allclose(got, want.to(got.dtype), atol=1e-6, rtol=1e-6), (got, want)
+    ours_m = sampling_correction_metrics(old, sampler, mask, got)
+    for k, v in trl_m.items():
+        assert ours_m[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    assert set(trl_m) == set(ours_m)
+    # the inputs exercise the bounds: something is clipped or masked in every case
+    raw = sampling_correction_weights(old, sampler, mask, "token_truncate" if mode.startswith("token") else
+                                      "sequence_truncate", clip_max=1e9)
+    assert not torch.allclose(got, raw)
+
+
+@pytest.mark.parametrize("mode", ["token_mask", "sequence_truncate"])
+def test_corrected_loss_matches_trl_compute_loss(trl_trainers, mode: str) -> None:
+    """The reweighted loss and its gradient equal TRL's ``_compute_loss`` given the same importance ratio."""
+    from grpo.core import sampling_correction_weights
+
+    tr = trl_trainers[0]
+    g = torch.Generator().manual_seed(5)
+    n, t = 8, 6
+    base = -torch.rand(n, t, generator=g, dtype=F64) * 3
+    sampler = base + 0.4 * torch.randn(n, t, generator=g, dtype=F64)
+    adv = torch.randn(n, generator=g, dtype=F64)
+    mask = torch.ones(n, t, dtype=F64)
+    mask[2, 4:] = 0
+    weights = sampling_correction_weights(base, sampler, mask, mode, clip_max=2.0, clip_min=0.5)
+    tr.loss_type, tr.importance_sampling_level, tr.beta = "dapo", "token", 0.0
+    tr.epsilon_low, tr.epsilon_high = 0.2, 0.28
+    tr.use_vllm, tr.vllm_importance_sampling_correction = True, True
+    try:
+        lp_trl, lp_ours = base.clone().requires_grad_(), base.clone().requires_grad_()
+        tr._get_per_token_logps_and_entropies = lambda *a, **k: (lp_trl, torch.zeros_like(lp_trl), None)
+        tr.current_gradient_accumulation_steps = 1
+        tr.model.train()
+        inputs = {"prompt_ids": torch.ones(n, 2, dtype=torch.long), "prompt_mask": torch.ones(n, 2, dtype=torch.long),
+                  "completion_ids": torch.ones(n, t, dtype=torch.long), "completion_mask": mask.long(),
+                  "advantages": adv, "old_per_token_logps": base, "importance_sampling_ratio": weights,
+                  "num_items_in_batch": torch.tensor(mask.sum().item(), dtype=F64)}
+        want = tr._compute_loss(tr.model, inputs)
+    finally:
+        tr.use_vllm = False
+    got, _ = policy_loss(lp_ours, base, adv, mask, loss_type="dapo", epsilon=0.2, epsilon_high=0.28,
+                         sampling_weights=weights)
+    assert abs(got.item() - want.item()) < 1e-10
+    want.backward()
+    got.backward()
+    assert torch.allclose(lp_ours.grad, lp_trl.grad, atol=1e-10)
+    unweighted, _ = policy_loss(base, base, adv, mask, loss_type="dapo", epsilon=0.2, epsilon_high=0.28)
+    assert abs(unweighted.item() - got.item()) > 1e-3  # the weights matter on these inputs
+
+
+def test_sampling_correction_hand_values() -> None:
+    from grpo.core import sampling_correction_weights
+
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.9]], dtype=F64))
+    sampler = torch.log(torch.tensor([[0.25, 0.4, 0.9]], dtype=F64))
+    mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=F64)
+    close(sampling_correction_weights(old, sampler, mask, "token_truncate", clip_max=1.5)[0], [1.5, 0.5, 1.0])
+    close(sampling_correction_weights(old, sampler, mask, "token_mask", clip_max=1.5)[0], [0.0, 0.5, 1.0])
+    close(sampling_correction_weights(old, sampler, mask, "sequence_mask", clip_max=3.0)[0], [1.0])  # 2 * 0.5
+    close(sampling_correction_weights(old, sampler, mask, "sequence_mask", clip_max=0.9)[0], [0.0])
+    nan = torch.tensor([[float("nan"), float("nan"), 0.0]], dtype=F64)  # a sampler that could not score: ratio 1
+    close(sampling_correction_weights(old, nan, mask, "token_truncate", clip_max=3.0)[0], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="known: sequence_mask, sequence_truncate, token_mask, token_truncate"):
+        sampling_correction_weights(old, sampler, mask, "token")

@@ -143,3 +143,33 @@ def test_tiny_base_first_token_distribution(tiny, backend, temperature, top_k, t
     target = first_token_target(model, tok, prompt, temperature, top_k, top_p)
     draws = draw_first_tokens(backend, model, tok, prompt, 2048, temperature, top_k, top_p)
     check(compare(draws, target))
+
+
+@pytest.mark.parametrize("backend, top_k, top_p", [("compact", 0, 1.0), ("hf", 0, 1.0), ("compact", 5, 0.9),
+                                                    ("hf", 5, 1.0)])
+def test_trainer_scores_what_the_sampler_drew(tmp_path, backend, top_k, top_p):
+    """With the correction on, compact and hf report the sampler/trainer mismatch: float rounding only, also with
+    top-k / top-p (the loss scores the truncated distribution). Scoring the full softmax instead would put
+    the truncated mass, log(kept mass) per token, into the difference."""
+    from grpo.config import load_config
+    from grpo.trainer import Trainer
+
+    cfg = load_config(["--per_device_train_batch_size", "16", "--num_generations", "4", "--max_completion_length",
+                       "24", "--eval_steps", "0", "--output_dir", str(tmp_path / "run"), "--save_final_model",
+                       "false", "--rollout_backend", backend, "--top_k", str(top_k), "--top_p", str(top_p),
+                       "--vllm_importance_sampling_correction", "true", "--learning_rate", "1e-4"])
+    t = Trainer(cfg)
+    torch.manual_seed(0)
+    batch, rows, rewards, _, _ = t.collect()
+    assert batch.sampler_logprobs is not None
+    m = t.update(batch, torch.ones_like(rewards))  # any advantages: this checks the weights, not learning
+    assert m["sampling/sampling_logp_difference/max"] < 1e-3, m
+    assert m["sampling/importance_sampling_ratio/min"] > 0.99 and m["sampling/importance_sampling_ratio/max"] < 1.01
+    if top_k:  # what scoring the untruncated softmax would have given: far from the sampler
+        model = t.accelerator.unwrap_model(t.model)
+        idx = torch.arange(batch.completion_ids.size(0))
+        t.cfg.top_k, t.cfg.top_p = 0, 1.0
+        with torch.no_grad():
+            full, _ = t.completion_logprobs(model, batch, idx)
+        mask = batch.completion_mask.bool()
+        assert (batch.sampler_logprobs[mask] - full[mask]).abs().max() > 1e-2

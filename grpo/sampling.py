@@ -1,0 +1,46 @@
+"""How the loss scores what the sampler drew: truncated sampling and the sampler/trainer mismatch correction.
+
+Every backend samples the first completion token from ``softmax(logits / temperature)``, truncated to the top
+``top_k`` tokens and the ``top_p`` nucleus when those are set (``grpo.rollout.warp_logits``, one function for
+compact and hf; vLLM applies the same definitions). The loss scores the same distribution:
+
+* **top-k / top-p.** The trainer's log-probs use the truncated, renormalised distribution: at each completion
+  position the logits outside the top k / the nucleus (computed from the trainer's own logits, without
+  gradient) are set to -inf before the log-softmax, so ``log pi(token)`` is the log-prob the sampler used and
+  the gradient flows through the kept tokens only. The sampled token itself is always kept: the trainer's
+  logits differ from the sampler's by rounding, which could move a token on the boundary out of the set and
+  make its log-prob -inf. Entropy is still reported for the untruncated policy. Without top-k / top-p (the
+  default) nothing changes.
+* **Numerical mismatch.** A different engine (vLLM) or precision (a bf16 decode copy) gives slightly different
+  probabilities for the same weights. ``vllm_importance_sampling_correction`` reweights the loss by
+  ``pi_trainer / pi_sampler`` (TRL's modes and names, ``grpo.core.sampling_correction_weights``), using the
+  backend's ``RolloutBatch.sampler_logprobs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from grpo.rollout import warp_logits
+
+
+def truncate_like_sampler(logits: Tensor, completion_ids: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Logits (already divided by the temperature) with the tokens a top-k / top-p sampler could not draw set to
+    -inf; the sampled token is always kept. logits (n, T, V), completion_ids (n, T) -> (n, T, V), same dtype."""
+    V = logits.size(-1)
+    flat = logits.reshape(-1, V)
+    with torch.no_grad():  # which tokens are kept is not differentiated, only their renormalised log-probs
+        keep = torch.isfinite(warp_logits(flat.detach(), 1.0, top_k, top_p))
+        keep.scatter_(-1, completion_ids.reshape(-1, 1), True)
+    return flat.masked_fill(~keep, float("-inf")).view_as(logits)
+
+
+def sampling_correction_enabled(cfg: Any) -> bool:
+    """Whether the loss is reweighted by the sampler/trainer ratio: ``vllm_importance_sampling_correction``, where
+    ``None`` (auto) means on for the vllm backend (as TRL) and off for compact / hf, which sample with the very
+    weights the trainer scores (their mismatch is float rounding; set it true to measure it)."""
+    value = cfg.vllm_importance_sampling_correction
+    return cfg.rollout_backend == "vllm" if value is None else bool(value)
