@@ -4,6 +4,12 @@ Both trainers live in one process and take turns: after each TRL step (a callbac
 step, so machine load hits both alike. Prints the median step time of each, their ratio, completion tokens/s
 and (on GPU) peak memory per step.
 
+Fairness: each preset's rewards give both trainers signal (``skipped_updates`` in the JSON counts the steps a
+side updated without any: grpo-zero skips those, TRL runs them; both must be 0 for the ratio to compare equal
+work); each trainer steps with its own accelerate ``GradientState`` (accelerate keeps it process-wide, and
+TRL's ``Accelerator`` would otherwise reset grpo-zero's accumulation to one micro-batch); on GPU TRL gets the
+micro-batch layout grpo-zero uses (``trl_micro_batches`` accumulation steps per optimizer step).
+
     python bench/step_throughput.py --preset cpu-tiny            # bundled tiny model, CPU, 16 x 8 x 72 tokens
     python bench/step_throughput.py --preset gpu-0.5b            # random-init Qwen2.5-0.5B shape, bf16, 16 x 8 x 512
 
@@ -29,9 +35,54 @@ sys.path.insert(0, str(ROOT))
 
 PRESETS = {
     "cpu-tiny": dict(model="models/tiny-base", prompts=16, generations=8, max_new=72, dtype="float32", prompt_terms=None),
+    # A random model earns no accuracy or format reward: digit_share gives both trainers signal. TRL trains in 4
+    # micro-batches of 32 sequences, as grpo-zero's 4 update buckets do (one 128 x 640-token micro-batch does not fit).
     "gpu-0.5b": dict(model="qwen2.5-0.5b-random", prompts=16, generations=8, max_new=512, dtype="bfloat16",
-                     prompt_terms=60),  # ~128-token prompts
+                     prompt_terms=60, rewards={"accuracy": 1.0, "format": 0.1, "digit_share": 0.1},
+                     trl_micro_batches=4),  # ~128-token prompts
 }
+# Preset keys with defaults (a preset may leave them out).
+PRESET_DEFAULTS = dict(rewards={"accuracy": 1.0, "format": 0.1}, trl_micro_batches=1)
+
+
+def digit_share(completions: list[str], **kwargs) -> list[float]:
+    """Share of a completion's characters that are digits: a reward any model, even a random one, varies on."""
+    return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]
+
+
+def reward_funcs(names: dict[str, float]) -> tuple[list, list[float]]:
+    """TRL's reward_funcs and reward_weights for our ``{name: weight}`` rewards (same functions both sides)."""
+    import rewards
+
+    fns = [digit_share if n == "digit_share" else rewards.get(n) for n in names]
+    return fns, list(names.values())
+
+
+class GradientStates:
+    """Each trainer's own copy of accelerate's process-wide ``GradientState`` (accumulation steps, sync flag).
+
+    accelerate keeps it in a class-level dict shared by every ``Accelerator`` in the process; TRL's, built after
+    grpo-zero's, would set grpo-zero's accumulation to TRL's and make it step its optimizer on every micro-batch.
+    """
+
+    def __init__(self) -> None:
+        from accelerate.state import GradientState
+
+        self.shared = GradientState._shared_state
+        self.saved: dict[str, dict] = {}
+
+    def _snapshot(self) -> dict:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.shared.items()}
+
+    def save(self, name: str) -> None:
+        """Remember the current state as ``name``'s."""
+        self.saved[name] = self._snapshot()
+
+    def switch(self, leaving: str, entering: str) -> None:
+        """Save ``leaving``'s state and install ``entering``'s."""
+        self.save(leaving)
+        self.shared.clear()
+        self.shared.update(self.saved[entering])
 
 
 def qwen05b_random(out: Path, tokenizer_src: Path) -> None:
@@ -85,7 +136,7 @@ def main() -> None:
     ap.add_argument("--backend", default="compact", help="grpo-zero rollout_backend")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    p = PRESETS[args.preset]
+    p = {**PRESET_DEFAULTS, **PRESETS[args.preset]}
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     if args.preset.startswith("gpu") and not cuda:
@@ -96,7 +147,6 @@ def main() -> None:
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
-    import rewards
     from grpo.config import load_config
     from grpo.trainer import Trainer
 
@@ -118,21 +168,26 @@ def main() -> None:
         "--model_name_or_path", str(model_path), "--output_dir", str(work / "ours"), "--max_steps", str(total_steps),
         "--per_device_train_batch_size", str(batch), "--eval_steps", "0", "--save_steps", "0",
         "--save_final_model", "false", "--rollout_backend", args.backend, "--dtype", p["dtype"],
-        "--generation_kwargs", json.dumps(gen_kwargs), "--rewards", "{accuracy: 1.0, format: 0.1}",
+        "--generation_kwargs", json.dumps(gen_kwargs), "--rewards",
+        json.dumps({("bench.step_throughput:digit_share" if k == "digit_share" else k): v for k, v in p["rewards"].items()}),
         "--task_kwargs", "{num_eval: 8}", "--log_completions_steps", "0",
         *[x for k, v in common.items() for x in (f"--{k}", str(v))],
     ])
     ours = Trainer(ours_cfg)
     ours.stream.take = lambda n, it=iter(data * 4): [next(it) for _ in range(n)]  # the same prompts as TRL
     ours.logger.start()
+    states = GradientStates()
+    states.save("grpo-zero")  # before TRL's Accelerator exists
 
     # --- TRL
     dtype = torch.bfloat16 if p["dtype"] == "bfloat16" else torch.float32
     trl_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(model_path)
+    trl_micro = p["trl_micro_batches"]
+    trl_fns, trl_weights = reward_funcs(p["rewards"])
     trl_args = TRLConfig(
-        output_dir=str(work / "trl"), use_cpu=not cuda, bf16=False, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1, max_steps=total_steps, logging_steps=1, report_to=[], save_strategy="no",
+        output_dir=str(work / "trl"), use_cpu=not cuda, bf16=False, per_device_train_batch_size=batch // trl_micro,
+        gradient_accumulation_steps=trl_micro, max_steps=total_steps, reward_weights=trl_weights, logging_steps=1, report_to=[], save_strategy="no",
         generation_kwargs=gen_kwargs or None, seed=0, dataloader_num_workers=0,
         gradient_checkpointing=False,  # TRL's default is True: slower steps; neither side recomputes activations
         **common)
@@ -140,6 +195,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
     tokens: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
     memory: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
+    no_signal: dict[str, list[float]] = {"trl": [], "grpo-zero": []}  # 1 per step updated without any signal
 
     class Alternate(TrainerCallback):
         """Time each TRL step, then run and time one grpo-zero step."""
@@ -157,8 +213,13 @@ def main() -> None:
             times["trl"].append(time.perf_counter() - self.t0)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            m = ours.step(state.global_step)
+            states.switch("trl", "grpo-zero")
+            try:
+                t0 = time.perf_counter()
+                m = ours.step(state.global_step)
+            finally:
+                states.switch("grpo-zero", "trl")
+            no_signal["grpo-zero"].append(m.get("skipped_update", 0.0))
             if cuda:
                 torch.cuda.synchronize()
                 memory["grpo-zero"].append(torch.cuda.max_memory_allocated() / 2**30)
@@ -168,8 +229,10 @@ def main() -> None:
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
                 tokens["trl"].append(logs["completions/mean_length"] * batch)
+            if logs and "frac_reward_zero_std" in logs:  # every group's rewards agree: a zero-signal update
+                no_signal["trl"].append(float(logs["frac_reward_zero_std"] >= 1.0))
 
-    trainer = GRPOTrainer(model=trl_model, reward_funcs=[rewards.get("accuracy"), rewards.get("format")],
+    trainer = GRPOTrainer(model=trl_model, reward_funcs=trl_fns,
                           args=trl_args, train_dataset=ds, processing_class=tok, callbacks=[Alternate()])
     trainer.train()
 
@@ -180,9 +243,11 @@ def main() -> None:
         out = {"median_step_s": med, "steps": len(t), "completion_tokens_per_s": statistics.mean(toks) / med if toks else None}
         if memory[name]:
             out["peak_memory_gib"] = max(memory[name][args.warmup:])
+        out["skipped_updates"] = int(sum(no_signal[name][args.warmup:]))  # must be 0: see the module docstring
         return out
 
     res = {"preset": args.preset, "lengths": args.lengths, "threads": args.threads, "backend": args.backend,
+           "rewards": p["rewards"], "trl_micro_batches": p["trl_micro_batches"],
            "device": torch.cuda.get_device_name() if cuda else "cpu", "trl": summary("trl"),
            "grpo-zero": summary("grpo-zero")}
     res["speedup"] = res["trl"]["median_step_s"] / res["grpo-zero"]["median_step_s"]
@@ -194,6 +259,9 @@ def main() -> None:
         tps = f"{s['completion_tokens_per_s']:.0f}" if s["completion_tokens_per_s"] else "-"
         print(f"{name:<10} {s['median_step_s']:>14.3f} {tps:>10} {s.get('peak_memory_gib', float('nan')):>9.2f}")
     print(f"grpo-zero is {res['speedup']:.2f}x faster per step than TRL {__import__('trl').__version__}")
+    skipped = {n: res[n]["skipped_updates"] for n in ("trl", "grpo-zero")}
+    if any(skipped.values()):
+        print(f"warning: steps without reward signal (skipped_updates) {skipped}: the two sides did unequal work")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
 

@@ -66,6 +66,8 @@ class GRPOConfig:
     prompt_bucket: int = _f(0, "Pad prompts to a multiple of this many tokens (with compile_generation: fewer distinct shapes to compile); 0 = off.")
     compile_generation: bool = _f(False, "hf backend on GPU: static KV cache + torch.compile (CUDA graphs) for decoding; the first steps pay compilation.")
     vllm_gpu_memory_utilization: float = _f(0.3, "vllm backend: share of GPU memory vLLM may take (the rest is for training).")
+    vllm_enable_sleep_mode: bool = _f(True, "vllm backend: free vLLM's weights and KV cache during updates (sleep level 2) "
+                                      "and push the weights back before each rollout.")
     # --- algorithm
     learning_rate: float = _f(1e-6, "AdamW peak learning rate.")
     lr_scheduler_type: str = _f("constant", "transformers scheduler name: constant, linear, cosine, constant_with_warmup...")
