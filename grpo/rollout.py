@@ -122,8 +122,12 @@ class _Backend:
     """Shared parts of the backends: tokenising prompts, building the RolloutBatch."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_completion_length: int, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, generation_kwargs: dict | None = None, prompt_bucket: int = 0):
+                 top_p: float = 1.0, top_k: int = 0, generation_kwargs: dict | None = None, prompt_bucket: int = 0,
+                 decode_dtype: torch.dtype | None = None):
         self.tokenizer = tokenizer
+        self.decode_dtype = decode_dtype  # a decode copy of the weights in this dtype (grpo/precision.py); None = no
+        self._decode_copy: PreTrainedModel | None = None
+        self._copy_stale = True
         self.max_completion_length = max_completion_length
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.generation_kwargs = dict(generation_kwargs or {})
@@ -157,7 +161,30 @@ class _Backend:
                             [p for p in prompts for _ in range(num_generations)], texts, sampler_logprobs)
 
     def sync_weights(self, model: PreTrainedModel) -> None:
-        """Push updated policy weights to the engine (no-op when the engine *is* the training model)."""
+        """The policy's weights changed (after an optimizer step): a decode copy is refreshed before the next
+        rollout. Decoding with the training model itself needs nothing."""
+        self._copy_stale = True
+
+    def decode_model(self, model: PreTrainedModel) -> PreTrainedModel:
+        """The model to decode with: ``model`` itself, or its ``decode_dtype`` copy (made once, refreshed in place
+        when stale). Under bf16 autocast a float32 model re-casts every weight at every decode step; the copy
+        is cast once per optimizer step. Buffers (rotary frequencies) stay float32."""
+        params = list(model.parameters())
+        if self.decode_dtype is None or hasattr(model, "get_base_model") or params[0].dtype == self.decode_dtype:
+            return model
+        if self._decode_copy is None:
+            import copy
+
+            self._decode_copy = copy.deepcopy(model).requires_grad_(False)
+            for p in self._decode_copy.parameters():
+                p.data = p.data.to(self.decode_dtype)
+            self._copy_stale = False
+        elif self._copy_stale:
+            with torch.no_grad():
+                for c, p in zip(self._decode_copy.parameters(), params):
+                    c.copy_(p)
+            self._copy_stale = False
+        return self._decode_copy
 
     def mark_stale(self) -> None:
         """The policy's weights changed outside an update (e.g. loaded from a checkpoint): a backend with its own
@@ -169,6 +196,7 @@ class _Backend:
         """Sample ``num_generations`` completions per prompt (greedy: the argmax). B prompts -> RolloutBatch of
         N = B x G, whatever the backend."""
         max_new = max_new_tokens or self.max_completion_length
+        model = self.decode_model(model)
         device = next(model.parameters()).device
         prompt_ids, prompt_mask = self.encode(prompts, num_generations, device)
         was_training = model.training
@@ -600,7 +628,8 @@ def make_backend(name: str, tokenizer: PreTrainedTokenizerBase, **kwargs) -> _Ba
     cls = ROLLOUT_BACKENDS[name]
     own = {"hf": ("compile_generation",),
            "vllm": ("model_name_or_path", "gpu_memory_utilization", "max_model_len", "seed", "enable_sleep_mode")}
-    common = ("max_completion_length", "temperature", "top_p", "top_k", "generation_kwargs", "prompt_bucket")
+    common = ("max_completion_length", "temperature", "top_p", "top_k", "generation_kwargs", "prompt_bucket",
+              "decode_dtype")
     args = {k: v for k, v in kwargs.items() if k in common or k in own.get(name, ())}
     return cls(tokenizer, **args)
 

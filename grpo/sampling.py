@@ -38,9 +38,10 @@ def truncate_like_sampler(logits: Tensor, completion_ids: Tensor, top_k: int, to
     return flat.masked_fill(~keep, float("-inf")).view_as(logits)
 
 
-def sampling_correction_enabled(cfg: Any) -> bool:
+def sampling_correction_enabled(cfg: Any, decode_copy: bool = False) -> bool:
     """Whether the loss is reweighted by the sampler/trainer ratio: ``vllm_importance_sampling_correction``, where
-    ``None`` (auto) means on for the vllm backend (as TRL) and off for compact / hf, which sample with the very
-    weights the trainer scores (their mismatch is float rounding; set it true to measure it)."""
+    ``None`` (auto) means on for the vllm backend (as TRL) and when decoding from a bf16 copy of float32 weights
+    (``decode_copy``, grpo/precision.py), off for compact / hf decoding with the very weights the trainer scores
+    (their mismatch is float rounding; set it true to measure it)."""
     value = cfg.vllm_importance_sampling_correction
-    return cfg.rollout_backend == "vllm" if value is None else bool(value)
+    return (cfg.rollout_backend == "vllm" or decode_copy) if value is None else bool(value)
