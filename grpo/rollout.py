@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from grpo.policy import cache_kwarg
 
 ROLLOUT_BACKENDS: dict[str, type] = {}
+log = logging.getLogger(__name__)
 
 
 def register_backend(name: str) -> Callable:
@@ -186,6 +188,10 @@ class _Backend:
             self._copy_stale = False
         return self._decode_copy
 
+    def metrics(self) -> dict[str, float]:
+        """Backend counters for the step's metrics (none by default)."""
+        return {}
+
     def mark_stale(self) -> None:
         """The policy's weights changed outside an update (e.g. loaded from a checkpoint): a backend with its own
         copy of the weights pushes them before the next rollout."""
@@ -290,6 +296,32 @@ def finished_check_interval(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 8
 
 
+CACHE_LEN_STEP = 256  # static cache lengths are multiples of this: a few shapes, at most 255 unused slots
+BATCH_BUCKET_MIN = 8
+
+
+def batch_bucket(n: int) -> int:
+    """Rows a compiled decode runs with: the next power of two >= n (at least 8), so training batches, eval
+    batches and their last partial chunk map to a few shapes. n -> bucket."""
+    bucket = BATCH_BUCKET_MIN
+    while bucket < n:
+        bucket *= 2
+    return bucket
+
+
+def pad_rows(x: Tensor, rows: int) -> Tensor:
+    """(n, w) -> (rows, w), extra rows copying the last one (a real prompt: no all-padding row, whose attention
+    would be empty). Their outputs are dropped."""
+    extra = rows - x.size(0)
+    return x if extra <= 0 else torch.cat([x, x[-1:].expand(extra, -1)], dim=0)
+
+
+def recompile_limit() -> int:
+    """torch's limit on recompilations per function (``recompile_limit``, formerly ``cache_size_limit``)."""
+    cfg = torch._dynamo.config
+    return int(getattr(cfg, "recompile_limit", getattr(cfg, "cache_size_limit", 8)))
+
+
 class _Warp:
     """A transformers logits processor applying :func:`warp_logits` (temperature, top-k, top-p): the same code as
     the compact sampler, so both backends draw from one distribution."""
@@ -382,6 +414,9 @@ class HFGenerateBackend(_Backend):
         super().__init__(*args, **kwargs)
         check_hf_generation_kwargs(self.generation_kwargs)
         self.compile_generation = compile_generation
+        self.cache_len = 0  # static cache length: grows in CACHE_LEN_STEP steps, never shrinks
+        self._caches: dict[int, object] = {}  # batch bucket -> its StaticCache (same tensors: CUDA graphs replay)
+        self.compiled_shapes: set[tuple[int, int]] = set()  # (batch bucket, cache length) decoded so far
 
     def _generation_config(self, greedy: bool, max_new_tokens: int) -> GenerationConfig:
         """The full GenerationConfig: every field that shapes sampling is set (none left for transformers to fill)."""
@@ -389,12 +424,43 @@ class HFGenerateBackend(_Backend):
         # temperature 1, top_k 0, top_p 1: transformers adds no warper of its own; _Warp does ours (see decode).
         opts: dict = {"do_sample": not greedy, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
                       "num_beams": 1, "renormalize_logits": False}
-        if self.compile_generation:
+        if self.compile_generation:  # the static cache is ours (see decode): no cache_implementation here
             from transformers import CompileConfig
 
-            opts.update(cache_implementation="static", compile_config=CompileConfig(fullgraph=True, mode="reduce-overhead"))
+            opts.update(compile_config=CompileConfig(fullgraph=True, mode="reduce-overhead"))
         return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=tok.pad_token_id,
                                 bos_token_id=tok.bos_token_id, **{**opts, **self.generation_kwargs})
+
+    def _static_cache(self, model: PreTrainedModel, batch: int, needed: int) -> object:
+        """The StaticCache for a batch bucket, emptied; its length only grows (in CACHE_LEN_STEP steps), so training
+        and eval batches, and longer prompts within the same step, reuse the compiled decode graphs."""
+        from transformers import StaticCache
+
+        length = -(-needed // CACHE_LEN_STEP) * CACHE_LEN_STEP
+        if length > self.cache_len:
+            self.cache_len = length
+            self._caches.clear()  # shorter caches would not fit the next long prompt; free them
+        if batch not in self._caches:
+            self._caches[batch] = StaticCache(config=model.config, max_cache_len=self.cache_len)
+        cache = self._caches[batch]
+        cache.reset()
+        self._note_shape((batch, self.cache_len))
+        return cache
+
+    def _note_shape(self, shape: tuple[int, int]) -> None:
+        """Report each new decode shape: each costs a compilation, and past torch's recompile limit decoding falls
+        back to eager without a word."""
+        if shape in self.compiled_shapes:
+            return
+        self.compiled_shapes.add(shape)
+        limit = recompile_limit()
+        if len(self.compiled_shapes) > 1:
+            log.warning("hf compile: new decode shape (batch %d, cache %d): compiling again (%d shapes so far; torch "
+                        "falls back to eager after %d)", shape[0], shape[1], len(self.compiled_shapes), limit)
+
+    def metrics(self) -> dict[str, float]:
+        """``compile/shapes``: decode shapes compiled so far (with ``compile_generation``)."""
+        return {"compile/shapes": float(len(self.compiled_shapes))} if self.compile_generation else {}
 
     def decode(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int,
                greedy: bool, max_new: int) -> tuple[Tensor, Tensor]:
@@ -405,10 +471,19 @@ class HFGenerateBackend(_Backend):
         # Custom processors run after transformers' own (min_new_tokens, suppress_tokens, repetition_penalty...)
         # and, with the neutral config above, nothing runs after them: the recorder sees the final distribution.
         processors = [] if greedy else [_Warp(self.temperature, self.top_k, self.top_p), record]
+        n = prompt_ids.size(0)
+        cache_kw = {}
+        if self.compile_generation:  # fixed shapes: rows padded to a batch bucket, one cache length
+            prompt_ids, prompt_mask = pad_rows(prompt_ids, batch_bucket(n)), pad_rows(prompt_mask, batch_bucket(n))
+            cache_kw = {cache_kwarg(model): self._static_cache(model, prompt_ids.size(0), prompt_ids.size(1) + max_new)}
         with neutral_generation_config(model):
             out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                  generation_config=self._generation_config(greedy, max_new),
-                                 logits_processor=LogitsProcessorList(processors))
+                                 logits_processor=LogitsProcessorList(processors), **cache_kw)
+        out = out[:n]
+        if not greedy and record.steps:
+            record.steps = [step[:n] for step in record.steps]
+            record.pending = None if record.pending is None else record.pending[:n]
         completion = out[:, prompt_ids.size(1):]
         if greedy:
             return completion, torch.zeros(completion.shape, dtype=torch.float32, device=completion.device)

@@ -174,3 +174,30 @@ def test_sampler_logprobs_are_the_sampling_distribution(tiny, backend, temperatu
     both = concat([select(batch, [1, 0]), select(greedy, [2])], tok.pad_token_id)
     assert torch.equal(both.sampler_logprobs[0, : batch.completion_ids.size(1)], logp[1])
     assert (both.sampler_logprobs[2] == 0).all()
+
+
+def test_compile_buckets_are_few_and_padding_rows_are_dropped():
+    from grpo.rollout import batch_bucket, pad_rows
+
+    assert [batch_bucket(n) for n in (1, 8, 9, 56, 128, 129)] == [8, 8, 16, 64, 128, 256]
+    x = torch.tensor([[0, 1], [2, 3]])
+    assert pad_rows(x, 4).tolist() == [[0, 1], [2, 3], [2, 3], [2, 3]] and pad_rows(x, 2) is x
+
+
+def test_hf_static_cache_path_reuses_shapes_and_matches_compact(tiny, caplog):
+    """compile_generation's fixed shapes (row buckets, one growing cache length), run without compilation on CPU:
+    same greedy completions as compact, one shape for training- and eval-sized batches, sampler log-probs of the
+    real rows only; a longer cache is reported as a new shape."""
+    model, tok = tiny
+    hf = HFGenerateBackend(tok, 24, compile_generation=True, prompt_bucket=16)
+    compact = CompactSampler(tok, 24, prompt_bucket=16)
+    assert hf.generate(model, PROMPTS, 1, greedy=True).completions == compact.generate(model, PROMPTS, 1,
+                                                                                        greedy=True).completions
+    torch.manual_seed(0)
+    sampled = hf.generate(model, PROMPTS[:2], 3)  # 6 rows -> bucket 8, same cache length
+    assert sampled.sampler_logprobs.shape == sampled.completion_ids.shape and len(sampled.completions) == 6
+    assert hf.compiled_shapes == {(8, 256)} and hf.metrics() == {"compile/shapes": 1.0}
+    with caplog.at_level("WARNING", logger="grpo.rollout"):
+        hf.generate(model, PROMPTS, 1, greedy=True, max_new_tokens=300)  # needs a longer cache
+    assert hf.compiled_shapes == {(8, 256), (8, 512)}
+    assert "new decode shape (batch 8, cache 512)" in caplog.text
