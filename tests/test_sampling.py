@@ -160,7 +160,7 @@ def test_trainer_scores_what_the_sampler_drew(tmp_path, backend, top_k, top_p):
                        "--vllm_importance_sampling_correction", "true", "--learning_rate", "1e-4"])
     t = Trainer(cfg)
     torch.manual_seed(0)
-    batch, rows, rewards, _, _ = t.collect()
+    batch, _rows, rewards, _, _ = t.collect()
     assert batch.sampler_logprobs is not None
     m = t.update(batch, torch.ones_like(rewards))  # any advantages: this checks the weights, not learning
     assert m["sampling/sampling_logp_difference/max"] < 1e-3, m

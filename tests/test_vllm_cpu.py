@@ -7,13 +7,21 @@ from __future__ import annotations
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo.rollout import (VLLM_GENERATION_KWARGS, lora_merged_weight, make_backend, vllm_launch_env,
-                          vllm_outputs_to_tensors, vllm_sampling_kwargs, vllm_weights)
+from grpo.rollout import (
+    VLLM_GENERATION_KWARGS,
+    lora_merged_weight,
+    make_backend,
+    vllm_launch_env,
+    vllm_outputs_to_tensors,
+    vllm_sampling_kwargs,
+    vllm_weights,
+)
 
 TINY = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
 EOS = [2]
@@ -104,7 +112,7 @@ def test_lora_weights_are_the_merged_model_and_leave_the_base_alone():
 def test_bf16_merge_unmerge_drifts_but_ours_does_not():
     """peft's in-place merge/unmerge in bf16 moves the frozen base by rounding; computing apart does not."""
     model = _lora(torch.bfloat16)
-    name, module = next((n, m) for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer"))
+    _name, module = next((n, m) for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer"))
     w0 = module.base_layer.weight.detach().clone()
     merged = lora_merged_weight(module, module.base_layer.weight)
     assert torch.equal(module.base_layer.weight, w0)
@@ -128,7 +136,7 @@ class _Logprob:
 class FakeLLM:
     """Records the calls a vLLM ``LLM`` would get; generates token 5 then EOS, log-prob -0.25 each."""
 
-    instances: list[FakeLLM] = []
+    instances: ClassVar[list[FakeLLM]] = []
 
     def __init__(self, **kwargs):
         self.kwargs, self.calls, self.loaded = kwargs, [], {}
