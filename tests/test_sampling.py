@@ -173,3 +173,27 @@ def test_trainer_scores_what_the_sampler_drew(tmp_path, backend, top_k, top_p):
             full, _ = t.completion_logprobs(model, batch, idx)
         mask = batch.completion_mask.bool()
         assert (batch.sampler_logprobs[mask] - full[mask]).abs().max() > 1e-2
+
+
+def test_evaluation_ignores_the_models_generation_config(tiny):
+    """Held-out eval through the hf backend decodes like compact even when the model's generation_config asks for
+    a repetition penalty and n-gram blocking (which would change greedy completions if inherited)."""
+    import copy
+
+    from accelerate import Accelerator
+
+    from grpo.evaluate import evaluate
+
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    model.generation_config.repetition_penalty, model.generation_config.no_repeat_ngram_size = 5.0, 2
+    rows = [{"prompt": f"Q: {a}+{b}+{a}=?\nA:", "answer": str(2 * a + b)} for a, b in [(3, 4), (9, 8), (1, 2), (5, 5)]]
+    acc = Accelerator(cpu=True)
+    results = {name: evaluate(model, make_backend(name, tok, max_completion_length=40), rows, acc, 4, 40,
+                              keep_samples=True) for name in ("compact", "hf")}
+    assert [s["completion"] for s in results["hf"]["samples"]] == [s["completion"] for s in results["compact"]["samples"]]
+    with torch.no_grad():  # the inherited settings would have mattered: plain generate() differs
+        enc = tok([rows[1]["prompt"]], return_tensors="pt")
+        inherited = model.generate(**enc, max_new_tokens=40, do_sample=False)
+    text = tok.decode(inherited[0, enc["input_ids"].size(1):], skip_special_tokens=True)
+    assert text != results["compact"]["samples"][1]["completion"]
