@@ -195,6 +195,7 @@ class _Backend:
     def mark_stale(self) -> None:
         """The policy's weights changed outside an update (e.g. loaded from a checkpoint): a backend with its own
         copy of the weights pushes them before the next rollout."""
+        self._copy_stale = True
 
     @torch.no_grad()
     def generate(self, model: PreTrainedModel, prompts: list[str], num_generations: int = 1, greedy: bool = False,
@@ -619,6 +620,7 @@ class VLLMBackend(_Backend):
     def __init__(self, *args, model_name_or_path: str, gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
                  seed: int = 0, enable_sleep_mode: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.decode_dtype = None  # vLLM holds its own (bf16) weights: no decode copy of the policy
         vllm_sampling_kwargs(self.generation_kwargs, self.temperature, self.top_k, self.top_p, 1, self.eos_ids)  # fail now
         try:
             from vllm import LLM
