@@ -26,7 +26,6 @@ statistics and get advantage 0.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -58,7 +57,6 @@ ADVANTAGE_ESTIMATORS, register_advantage_estimator, get_advantage_estimator = _r
 REWARD_SCALES, register_reward_scale, get_reward_scale = _registry("scale_rewards")
 LOSS_AGGREGATIONS, register_loss_aggregation, get_loss_aggregation = _registry("loss_type")
 IMPORTANCE_LEVELS, register_importance_level, get_importance_level = _registry("importance_sampling_level")
-SAMPLING_CORRECTIONS, register_sampling_correction, get_sampling_correction = _registry("vllm_importance_sampling_mode")
 
 
 # --- statistics that ignore NaN (unscored samples) ------------------------------------------------------
@@ -249,96 +247,6 @@ def sequence_log_weights(log_ratio: Tensor, mask: Tensor) -> Tensor:
     return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
 
 
-# --- sampler/trainer mismatch correction (TRL's vllm_importance_sampling_*) ------------------------------
-# The sampler (vLLM, or a bf16 decode copy) and the trainer compute slightly different log-probs for the same
-# tokens, so the samples come from a policy a little off the one the loss differentiates. TRL 1.16 reweights the
-# per-token loss by the truncated or masked importance ratio pi_trainer / pi_sampler (Yao et al., "Your efficient
-# RL framework secretly brings you off-policy RL training", 2025). Each mode takes the log-ratio
-# ``(old_logprobs - sampler_logprobs) * mask`` (N, T) (NaN -> 0: a token the sampler could not score gets ratio 1)
-# and returns the weights, (N, T) per token or (N, 1) per sequence.
-
-
-def _clip_bounds(clip_min: float | None, clip_max: float | None) -> tuple[float, float]:
-    return (-math.inf if clip_min is None else clip_min), (math.inf if clip_max is None else clip_max)
-
-
-@register_sampling_correction("token_truncate")
-def _token_truncate(log_ratio: Tensor, clip_min: float | None, clip_max: float | None) -> Tensor:
-    """Per-token ratio clipped to [clip_min, clip_max] (truncated IS). (N, T) -> (N, T)."""
-    return torch.clamp(torch.exp(log_ratio), min=clip_min, max=clip_max)
-
-
-@register_sampling_correction("token_mask")
-def _token_mask(log_ratio: Tensor, clip_min: float | None, clip_max: float | None) -> Tensor:
-    """Per-token ratio, 0 where it leaves [clip_min, clip_max] (masked IS). (N, T) -> (N, T)."""
-    ratio = torch.exp(log_ratio)
-    lo, hi = _clip_bounds(clip_min, clip_max)
-    return ratio.masked_fill((ratio < lo) | (ratio > hi), 0.0)
-
-
-@register_sampling_correction("sequence_truncate")
-def _sequence_truncate(log_ratio: Tensor, clip_min: float | None, clip_max: float | None) -> Tensor:
-    """One ratio per sequence, ``exp(sum_t log_ratio)``, clipped. (N, T) -> (N, 1)."""
-    return _token_truncate(log_ratio.sum(dim=-1, keepdim=True), clip_min, clip_max)
-
-
-@register_sampling_correction("sequence_mask")
-def _sequence_mask(log_ratio: Tensor, clip_min: float | None, clip_max: float | None) -> Tensor:
-    """One ratio per sequence; a sequence whose ratio leaves [clip_min, clip_max] gets weight 0. (N, T) -> (N, 1)."""
-    return _token_mask(log_ratio.sum(dim=-1, keepdim=True), clip_min, clip_max)
-
-
-def sampling_correction_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor,
-                                mode: str = "sequence_mask", clip_max: float | None = 3.0,
-                                clip_min: float | None = None) -> Tensor:
-    """Importance weights ``pi_trainer / pi_sampler`` that correct the loss for the sampler/trainer mismatch.
-
-    The same math as TRL 1.16's ``vllm_importance_sampling_correction`` (``tests/test_core.py`` runs TRL's code
-    on the same inputs). Multiply the per-token policy loss by the result (:func:`policy_loss`'s
-    ``sampling_weights``); the KL term is not reweighted, as in TRL.
-
-    Args:
-        old_logprobs: (N, T) the trainer's log-probs of the sampled tokens under the sampling-time policy (no grad).
-        sampler_logprobs: (N, T) the sampler's own log-probs of the same tokens (``RolloutBatch.sampler_logprobs``);
-            NaN where the sampler gave none (weight 1 there).
-        mask: (N, T) 1 on completion tokens that count; other positions do not enter a sequence's ratio.
-        mode: ``token_truncate``, ``token_mask``, ``sequence_truncate`` or ``sequence_mask`` (TRL's default).
-        clip_max: upper bound C_max (TRL's default 3.0); ``None`` = none.
-        clip_min: lower bound C_min; ``None`` = none.
-
-    Returns:
-        (N, T) weights for ``token_*`` modes, (N, 1) for ``sequence_*`` modes; detached.
-    """
-    if old_logprobs.shape != sampler_logprobs.shape or old_logprobs.shape != mask.shape:
-        raise ValueError(f"old_logprobs {tuple(old_logprobs.shape)}, sampler_logprobs {tuple(sampler_logprobs.shape)} "
-                         f"and mask {tuple(mask.shape)} must have one shape (N, T)")
-    if clip_min is not None and clip_max is not None and clip_min >= clip_max:
-        raise ValueError(f"vllm_importance_sampling_clip_min ({clip_min}) must be below clip_max ({clip_max})")
-    fn = get_sampling_correction(mode)
-    if mode.endswith("_truncate") and clip_min is None and clip_max is None:
-        raise ValueError(f"vllm_importance_sampling_mode {mode!r} needs clip_max or clip_min")
-    log_ratio = torch.nan_to_num((old_logprobs.detach() - sampler_logprobs) * mask, nan=0.0)
-    return fn(log_ratio, clip_min, clip_max).detach()
-
-
-def sampling_correction_metrics(old_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor,
-                                weights: Tensor) -> dict[str, float]:
-    """TRL's mismatch metrics for one batch: ``sampling/sampling_logp_difference/{mean,max}`` (|old - sampler| over
-    active tokens, NaN left out) and ``sampling/importance_sampling_ratio/{min,mean,max}`` (over active tokens, or
-    over sequences for (N, 1) weights). Shapes as :func:`sampling_correction_weights`."""
-    active = mask.bool()
-    delta = (old_logprobs.detach() - sampler_logprobs).abs()[active & ~torch.isnan(sampler_logprobs)]
-    flat = weights.flatten() if weights.size(-1) == 1 else weights[active]
-    zero = torch.tensor(0.0)
-    return {
-        "sampling/sampling_logp_difference/mean": (delta.mean() if delta.numel() else zero).item(),
-        "sampling/sampling_logp_difference/max": (delta.max() if delta.numel() else zero).item(),
-        "sampling/importance_sampling_ratio/min": (flat.min() if flat.numel() else zero).item(),
-        "sampling/importance_sampling_ratio/mean": (flat.mean() if flat.numel() else zero).item(),
-        "sampling/importance_sampling_ratio/max": (flat.max() if flat.numel() else zero).item(),
-    }
-
-
 # --- the policy loss -----------------------------------------------------------------------------------
 
 
@@ -408,8 +316,8 @@ def policy_loss(
             by default (DeepSeek-V3.2): the samples come from the old policy, and weighting by ``ratio`` makes
             the KL gradient the unbiased reverse-KL gradient, even on-policy where its value is 1.
         sampling_weights: (N, T) or (N, 1) sampler/trainer importance weights
-            (:func:`sampling_correction_weights`); they multiply the clipped surrogate per token, not the KL term
-            (TRL's order). ``None`` = no correction.
+            (``grpo.correction.sampling_correction_weights``); they multiply the clipped surrogate per token, not
+            the KL term (TRL's order). ``None`` = no correction.
 
     Returns:
         ``(loss, metrics)``: scalar loss; detached floats ``clip_ratio`` (share of active tokens, or of

@@ -35,12 +35,17 @@ REDUCTIONS: dict[str, str] = {
     "clip_ratio/high": "mean",
     "skipped_update": "max",  # every rank takes the same branch
     "skipped_nonfinite": "max",
+    "sampling/sampling_logp_difference/mean": "mean",  # sampler/trainer mismatch (grpo.correction)
+    "sampling/sampling_logp_difference/max": "max",
+    "sampling/importance_sampling_ratio/min": "min",
+    "sampling/importance_sampling_ratio/mean": "mean",
+    "sampling/importance_sampling_ratio/max": "max",
 }
 DEFAULT_REDUCTION = "sum"
 
 
 def reduction(name: str) -> str:
-    """How ranks combine metric ``name``: ``max``, ``mean`` or ``sum`` (counters)."""
+    """How ranks combine metric ``name``: ``max``, ``min``, ``mean`` or ``sum`` (counters)."""
     return REDUCTIONS.get(name, DEFAULT_REDUCTION)
 
 
@@ -56,6 +61,8 @@ def combine(per_rank: list[dict[str, float]]) -> dict[str, float]:
             how = reduction(k)
             if how == "max":
                 out[k] = max(out.get(k, v), v)
+            elif how == "min":
+                out[k] = min(out.get(k, v), v)
             elif how == "mean":
                 out[k] = out.get(k, 0.0) + v / n
             else:

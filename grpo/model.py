@@ -142,8 +142,9 @@ def load_reference(cfg: GRPOConfig, device: torch.device) -> PreTrainedModel | N
     return ref
 
 
-def make_accelerator(cfg: GRPOConfig, micro_steps: int, trackers: list[str]) -> Any:
-    """The run's ``Accelerator``: accumulation over ``micro_steps`` micro-batches, trackers, CPU threads."""
+def make_accelerator(cfg: GRPOConfig, micro_steps: int, trackers: list[str], precision: Any = None) -> Any:
+    """The run's ``Accelerator``: accumulation over ``micro_steps`` micro-batches, trackers, CPU threads, and the
+    compute precision of ``precision`` (a ``grpo.precision.PrecisionPlan``; its line is printed once)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -154,7 +155,13 @@ def make_accelerator(cfg: GRPOConfig, micro_steps: int, trackers: list[str]) -> 
     # accelerate wants mpirun for multi-process CPU unless told cpu=True; with cpu=True,
     # `accelerate launch --multi_gpu --num_processes 2` (or torchrun) runs 2 gloo ranks on a CPU machine.
     acc = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=micro_steps,
-                      log_with=trackers or None, project_dir=cfg.output_dir)
+                      log_with=trackers or None, project_dir=cfg.output_dir,
+                      mixed_precision=None if precision is None else precision.mixed_precision)
+    if precision is not None:
+        if precision.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if precision.message:
+            acc.print(precision.message)
     if cfg.cpu_threads and acc.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
     _fsdp_on_cpu(acc)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from grpo import core
+from grpo.sampling import truncate_like_sampler
 
 
 def cache_kwarg(model: torch.nn.Module) -> str:
@@ -54,8 +55,8 @@ def micro_batches(prompt_mask: Tensor, completion_mask: Tensor, G: int, pieces: 
 
 def completion_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                         completion_mask: Tensor, *, temperature: float, group_size: int | None = None,
-                        inner: torch.nn.Module | None = None,
-                        with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                        inner: torch.nn.Module | None = None, with_entropy: bool = False, top_k: int = 0,
+                        top_p: float = 1.0) -> tuple[Tensor, Tensor | None]:
     """Log-probs of the sampled completion tokens. -> (n, T') and entropy (n, T') or None.
 
     The rows are trimmed to their own widths first (P' = longest real prompt, T' = longest completion among
@@ -71,7 +72,9 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask:
             distribution that sampled them.
         group_size: G to share each prompt's forward among its G rows; None runs every row in full.
         inner: the unwrapped model for the shared prompt pass (defaults to ``model``).
-        with_entropy: also return the per-token entropy (detached).
+        with_entropy: also return the per-token entropy (detached), of the untruncated distribution.
+        top_k, top_p: the sampler's truncation: the log-probs are those of the truncated, renormalised
+            distribution the tokens were drawn from (``grpo.sampling.truncate_like_sampler``).
     """
     P = int(prompt_mask.sum(dim=1).max().item())
     T = max(int(completion_mask.sum(dim=1).max().item()), 1)
@@ -87,8 +90,10 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask:
         logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                        logits_to_keep=T + 1).logits[:, :-1]  # (n, T', V): position t predicts token t
     logits = logits / temperature
-    logprobs = core.selective_log_softmax(logits, completion_ids)
     entropy = core.entropy_from_logits(logits.detach()) if with_entropy else None
+    if top_k or top_p < 1.0:
+        logits = truncate_like_sampler(logits, completion_ids, top_k, top_p)
+    logprobs = core.selective_log_softmax(logits, completion_ids)
     return logprobs, entropy
 
 

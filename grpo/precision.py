@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -85,8 +86,7 @@ def plan_for_run(weight_dtype: torch.dtype, use_peft: bool) -> PrecisionPlan:
                           bool(cuda and torch.cuda.is_bf16_supported()), use_peft)
 
 
-def apply_tf32(plan: PrecisionPlan) -> None:
-    """Turn TF32 matmuls on when the plan computes in float32 on CUDA."""
-    if plan.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+def decode_copy_dtype(plan: PrecisionPlan, accelerator: Any) -> torch.dtype | None:
+    """The plan's decode-copy dtype, or ``None`` under ZeRO-3 / FSDP (each rank holds only a shard of the weights)."""
+    sharded = accelerator.distributed_type.name in ("DEEPSPEED", "FSDP")
+    return None if sharded else plan.decode_dtype

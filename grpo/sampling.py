@@ -13,7 +13,7 @@ compact and hf; vLLM applies the same definitions). The loss scores the same dis
   default) nothing changes.
 * **Numerical mismatch.** A different engine (vLLM) or precision (a bf16 decode copy) gives slightly different
   probabilities for the same weights. ``vllm_importance_sampling_correction`` reweights the loss by
-  ``pi_trainer / pi_sampler`` (TRL's modes and names, ``grpo.core.sampling_correction_weights``), using the
+  ``pi_trainer / pi_sampler`` (TRL's modes and names, ``grpo.correction.sampling_correction_weights``), using the
   backend's ``RolloutBatch.sampler_logprobs``.
 """
 
@@ -24,7 +24,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from grpo.rollout import warp_logits
+from grpo import correction
+
+
+def warp_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """The logits of the distribution a sampler draws from: float32, divided by the temperature, with the tokens
+    outside the top k / the top-p nucleus set to -inf. (n, V) -> (n, V) float32.
+
+    ``log_softmax`` of the result is the truncated, renormalised distribution (what ``sampler_logprobs`` holds).
+    """
+    logits = logits.float() / temperature  # fp32: in bf16 the race below would break ties toward low ids
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) > top_p  # keep the smallest set reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def token_logprobs(warped: Tensor, token: Tensor) -> Tensor:
+    """``log_softmax(warped)[token]`` per row without a full-vocabulary log-softmax copy. (n, V), (n,) -> (n,)."""
+    return warped.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(warped, dim=-1)
 
 
 def truncate_like_sampler(logits: Tensor, completion_ids: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -45,3 +69,28 @@ def sampling_correction_enabled(cfg: Any, decode_copy: bool = False) -> bool:
     (their mismatch is float rounding; set it true to measure it)."""
     value = cfg.vllm_importance_sampling_correction
     return (cfg.rollout_backend == "vllm" or decode_copy) if value is None else bool(value)
+
+
+def sampling_weights(cfg: Any, batch: Any, idx: Tensor, old: Tensor, mask: Tensor,
+                     sums: dict[str, float] | None, micro_steps: int) -> Tensor | None:
+    """Sampler/trainer importance weights for rows ``idx`` of ``batch`` (a ``grpo.rollout.RolloutBatch``;
+    ``grpo.correction``), or ``None`` when the batch has no sampler log-probs. old, mask (n, T') -> (n, T') or (n, 1).
+
+    With ``sums``, merges this micro-batch's ``sampling/*`` metrics into it: mean over the ``micro_steps``
+    micro-batches, min of the minima, max of the maxima.
+    """
+    if batch.sampler_logprobs is None:
+        return None
+    sampler = batch.sampler_logprobs[idx.to(batch.sampler_logprobs.device)][:, : old.size(1)].to(old.device)
+    weights = correction.sampling_correction_weights(old, sampler, mask, cfg.vllm_importance_sampling_mode,
+                                                     cfg.vllm_importance_sampling_clip_max,
+                                                     cfg.vllm_importance_sampling_clip_min)
+    if sums is not None:
+        for k, v in correction.sampling_correction_metrics(old, sampler, mask, weights).items():
+            if k.endswith("/max"):
+                sums[k] = max(sums.get(k, v), v)
+            elif k.endswith("/min"):
+                sums[k] = min(sums.get(k, v), v)
+            else:
+                sums[k] = sums.get(k, 0.0) + v / micro_steps
+    return weights

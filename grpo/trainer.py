@@ -35,11 +35,14 @@ from grpo.model import (
     load_tokenizer,
     make_accelerator,
     reference_context,
+    resolve_dtype,
     resolve_model_path,
     save_final,
 )
+from grpo.precision import decode_copy_dtype, plan_for_run
 from grpo.rollout import make_backend
 from grpo.run_record import logged_eval
+from grpo.sampling import sampling_correction_enabled, sampling_weights
 from grpo.stop import StopRequest
 from grpo.tasks import Task, get_task
 from grpo.types import StepBatch, UpdateStats
@@ -56,7 +59,9 @@ class Trainer:
         # Length buckets are extra accumulation micro-steps: one optimizer step still covers the whole batch.
         # A bucket holds whole groups, so there are at most as many micro-steps as prompts.
         self.micro_steps = min(cfg.gradient_accumulation_steps * cfg.update_buckets, self.prompts_per_step)
-        self.accelerator = acc = make_accelerator(cfg, self.micro_steps, tracker_names(cfg))
+        # On CUDA, float32 weights without mixed precision get bf16 autocast, or a line saying they run in fp32.
+        self.precision = plan_for_run(resolve_dtype(cfg.dtype, cfg.use_peft), cfg.use_peft)
+        self.accelerator = acc = make_accelerator(cfg, self.micro_steps, tracker_names(cfg), self.precision)
         set_seed(cfg.seed, device_specific=True)  # each rank samples differently, reproducibly
         self.rewards = build_rewards(cfg.rewards)
         self.task = task if task is not None else get_task(cfg.task, **cfg.task_kwargs)
@@ -66,12 +71,15 @@ class Trainer:
         model = load_policy(cfg)
         self.ref_model = load_reference(cfg, acc.device)  # None with LoRA: reference_context(model) instead
         self.model, self.optimizer, self.scheduler = acc.prepare(model, *build_optimizer(cfg, model))
+        decode_dtype = decode_copy_dtype(self.precision, acc)
+        self.sampling_correction = sampling_correction_enabled(cfg, decode_dtype is not None)
         self.backend = make_backend(
             cfg.rollout_backend, self.tokenizer, max_completion_length=cfg.max_completion_length,
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, generation_kwargs=cfg.generation_kwargs,
             prompt_bucket=cfg.prompt_bucket, compile_generation=cfg.compile_generation,
             model_name_or_path=resolve_model_path(cfg.model_name_or_path),
-            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed)
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed,  # vllm adds the rank
+            enable_sleep_mode=cfg.vllm_enable_sleep_mode, decode_dtype=decode_dtype)
         # Gradient checkpointing turns the KV cache off in training, which prompt sharing needs.
         self.share_prompts = cfg.share_prompt_forward and not cfg.gradient_checkpointing
         self.logger = MetricsLogger(cfg, acc)
@@ -88,7 +96,8 @@ class Trainer:
         return policy.completion_logprobs(
             model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx],
             temperature=self.cfg.temperature, group_size=G if share else None,
-            inner=self.accelerator.unwrap_model(model), with_entropy=with_entropy)
+            inner=self.accelerator.unwrap_model(model), with_entropy=with_entropy, top_k=self.cfg.top_k,
+            top_p=self.cfg.top_p)
 
     def sample_round(self) -> tuple[StepBatch, dict[str, float]]:
         """Sample B prompts, G completions each, and score them. -> batch of N with rewards, round metrics."""
@@ -144,7 +153,7 @@ class Trainer:
         normalizer = acc.reduce(mask.sum().to(acc.device), reduction="sum").item() / acc.num_processes
         micro = policy.micro_batches(r.prompt_mask, r.completion_mask, cfg.num_generations, self.micro_steps)
         old, ref = self._fixed_logprobs(batch, micro)
-        stats, loss_metrics = UpdateStats(), {}
+        stats, loss_metrics, correction = UpdateStats(), {}, {}
         entropy_sum = entropy_tokens = 0.0
         self.model.train()
         for it in range(cfg.num_iterations):
@@ -155,8 +164,11 @@ class Trainer:
                     if entropy is not None:
                         entropy_sum += (entropy * m).sum().item()
                         entropy_tokens += m.sum().item()
+                    old_j = logprobs.detach() if old is None else old[j]
+                    weights = sampling_weights(cfg, r, idx, old_j, m, correction if it == 0 else None,
+                                               self.micro_steps) if self.sampling_correction else None
                     loss, step_metrics = core.policy_loss(
-                        logprobs, logprobs.detach() if old is None else old[j], advantages[idx], m,
+                        logprobs, old_j, advantages[idx], m, sampling_weights=weights,
                         loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                         max_completion_length=cfg.max_completion_length,
                         ref_logprobs=None if ref is None else ref[j], beta=cfg.beta,
@@ -176,6 +188,7 @@ class Trainer:
         stats.grad_norm /= cfg.num_iterations
         stats.entropy = entropy_sum / max(entropy_tokens, 1.0)
         stats.add_loss_metrics(loss_metrics)
+        stats.sampling = correction
         self.backend.sync_weights(acc.unwrap_model(self.model))
         return stats
 
@@ -213,6 +226,7 @@ class Trainer:
                                                r.completions, cfg.num_generations, cfg.reflection_words,
                                                count_tokens=self._count_tokens)
         m.update(metrics.reduce_over_ranks(acc, {**stats.as_metrics(), **collect_metrics}))
+        m.update(self.backend.metrics())  # e.g. compile/shapes with compile_generation
         m["learning_rate"] = self.scheduler.get_last_lr()[0]
         m["time/update_s"], m["time/step_s"] = t3 - t2, t3 - t0
         total_tokens = m["completions/mean_length"] * m["completions/count"]  # all ranks' tokens
@@ -246,6 +260,7 @@ class Trainer:
         start_step, first_eval, last_eval = 0, None, None
         if resume_from is not None:
             start_step, rank_state = load_checkpoint(acc, resume_from)
+            self.backend.mark_stale()  # an engine with its own weights (vllm) must not sample the pre-resume ones
             self.stream.load_state_dict(rank_state["stream"])
             self.bad_steps = rank_state.get("bad_steps", 0)
             restore_logs(acc, resume_from, cfg.output_dir)

@@ -78,6 +78,9 @@ class UpdateStats:
     kl: float | None = field(default=None, metadata={"reduce": "mean", "help": "mean k3 KL (beta > 0 or a reference)"})
     skipped_update: float = _stat("max", "1 when every advantage was zero (and beta == 0): no optimizer step")
     skipped_nonfinite: float = _stat("sum", "optimizer steps dropped because the gradient was not finite")
+    sampling: dict = field(default_factory=dict, metadata={
+        "reduce": "per key, grpo.metrics.REDUCTIONS", "help": "sampler/trainer mismatch (sampling/*), first pass; "
+        "only with vllm_importance_sampling_correction"})
 
     def add_loss_metrics(self, loss_metrics: dict[str, float]) -> None:
         """Take ``clip_ratio``, ``clip_ratio/low``, ``clip_ratio/high`` and ``kl`` from averaged loss metrics."""
@@ -96,7 +99,8 @@ class UpdateStats:
         if self.skipped_update:  # no update ran: no loss terms, clipping or entropy to report
             return {"loss": 0.0, "grad_norm": 0.0, "skipped_update": 1.0, "skipped_nonfinite": 0.0}
         names = {"clip_ratio_low": "clip_ratio/low", "clip_ratio_high": "clip_ratio/high"}
-        out = {names.get(f.name, f.name): getattr(self, f.name) for f in fields(self)}
+        out = {names.get(f.name, f.name): getattr(self, f.name) for f in fields(self) if f.name != "sampling"}
+        out.update(self.sampling)
         if self.kl is None:
             out.pop("kl")
         return out

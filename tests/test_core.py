@@ -510,7 +510,7 @@ def _trl_sampling_ratio(tr, old: torch.Tensor, sampler: torch.Tensor, mask: torc
 @pytest.mark.parametrize("clip_min, clip_max", [(None, 3.0), (0.5, 1.5), (0.8, None)])
 def test_sampling_correction_matches_trl(trl_trainers, mode: str, clip_min: float | None, clip_max: float | None):
     """Our weights and metrics equal TRL 1.16's own computation on the same inputs, every mode and bound."""
-    from grpo.core import sampling_correction_metrics, sampling_correction_weights
+    from grpo.correction import sampling_correction_metrics, sampling_correction_weights
 
     if mode.endswith("truncate") and clip_max is None and clip_min is None:
         pytest.skip("TRL's config rejects a truncate mode without bounds (so do we)")
@@ -541,7 +541,7 @@ def test_sampling_correction_matches_trl(trl_trainers, mode: str, clip_min: floa
 @pytest.mark.parametrize("mode", ["token_mask", "sequence_truncate"])
 def test_corrected_loss_matches_trl_compute_loss(trl_trainers, mode: str) -> None:
     """The reweighted loss and its gradient equal TRL's ``_compute_loss`` given the same importance ratio."""
-    from grpo.core import sampling_correction_weights
+    from grpo.correction import sampling_correction_weights
 
     tr = trl_trainers[0]
     g = torch.Generator().manual_seed(5)
@@ -578,7 +578,7 @@ def test_corrected_loss_matches_trl_compute_loss(trl_trainers, mode: str) -> Non
 
 
 def test_sampling_correction_hand_values() -> None:
-    from grpo.core import sampling_correction_weights
+    from grpo.correction import sampling_correction_weights
 
     old = torch.log(torch.tensor([[0.5, 0.2, 0.9]], dtype=F64))
     sampler = torch.log(torch.tensor([[0.25, 0.4, 0.9]], dtype=F64))

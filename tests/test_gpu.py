@@ -87,14 +87,15 @@ def test_shared_and_unshared_prompt_logprobs_agree_in_bf16(tmp_path, monkeypatch
     cfg = load_config([*BASE_ARGS, "--output_dir", str(tmp_path / "run"), "--max_steps", "1"])
     t = Trainer(cfg)
     torch.manual_seed(0)
-    batch, _, _, _, _ = t.collect()
+    step_batch, _ = t.collect()
+    batch = step_batch.rollout
     idx = torch.arange(batch.completion_ids.size(0), device=t.accelerator.device)
     mask = batch.completion_mask.bool()
     with torch.no_grad():
         t.share_prompts = True
-        shared, _ = t.completion_logprobs(t.model, batch, idx)
+        shared, _ = t.completion_logprobs(t.model, step_batch, idx)
         t.share_prompts = False
-        full, _ = t.completion_logprobs(t.model, batch, idx)
+        full, _ = t.completion_logprobs(t.model, step_batch, idx)
     diff = (shared - full).abs()[mask[:, : shared.size(1)]]
     assert diff.max() < 0.1 and diff.mean() < 0.01, (diff.max().item(), diff.mean().item())
     # and against the sampler's own log-probs (the bf16 decode copy)

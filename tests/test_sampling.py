@@ -160,9 +160,11 @@ def test_trainer_scores_what_the_sampler_drew(tmp_path, backend, top_k, top_p):
                        "--vllm_importance_sampling_correction", "true", "--learning_rate", "1e-4"])
     t = Trainer(cfg)
     torch.manual_seed(0)
-    batch, _rows, rewards, _, _ = t.collect()
+    step_batch, _ = t.collect()
+    batch = step_batch.rollout
     assert batch.sampler_logprobs is not None
-    m = t.update(batch, torch.ones_like(rewards))  # any advantages: this checks the weights, not learning
+    step_batch.advantages = torch.ones_like(step_batch.rewards)  # any advantages: this checks the weights
+    m = t.update(step_batch).as_metrics()
     assert m["sampling/sampling_logp_difference/max"] < 1e-3, m
     assert m["sampling/importance_sampling_ratio/min"] > 0.99 and m["sampling/importance_sampling_ratio/max"] < 1.01
     if top_k:  # what scoring the untruncated softmax would have given: far from the sampler
@@ -170,7 +172,7 @@ def test_trainer_scores_what_the_sampler_drew(tmp_path, backend, top_k, top_p):
         idx = torch.arange(batch.completion_ids.size(0))
         t.cfg.top_k, t.cfg.top_p = 0, 1.0
         with torch.no_grad():
-            full, _ = t.completion_logprobs(model, batch, idx)
+            full, _ = t.completion_logprobs(model, step_batch, idx)
         mask = batch.completion_mask.bool()
         assert (batch.sampler_logprobs[mask] - full[mask]).abs().max() > 1e-2
 

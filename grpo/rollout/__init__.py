@@ -1,0 +1,51 @@
+"""Rollout backends: prompts in, a typed batch of sampled completions out.
+
+Backends are registered by name (``ROLLOUT_BACKENDS``); the trainer only sees :class:`RolloutBatch`.
+``grpo.rollout.base`` holds the batch type, the shared sampling math and the base class; ``compact``, ``hf`` and
+``vllm_engine`` hold one backend each (importing this package registers all three). Every backend samples the
+distribution the loss scores and returns the sampler's log-probs (docs/rollout.md).
+Notation: N = B x G sequences (a prompt's G completions contiguous), P = prompt tokens (left-padded),
+T = completion tokens (right-padded).
+"""
+
+from grpo.rollout.base import (
+    ROLLOUT_BACKENDS,
+    RolloutBatch,
+    completion_mask_from_ids,
+    concat,
+    make_backend,
+    register_backend,
+    sample_next,
+    select,
+    token_logprobs,
+    warp_logits,
+)
+from grpo.rollout.compact import CompactSampler, finished_check_interval
+from grpo.rollout.hf import (
+    CACHE_LEN_STEP,
+    HFGenerateBackend,
+    batch_bucket,
+    check_hf_generation_kwargs,
+    neutral_generation_config,
+    pad_rows,
+    recompile_limit,
+)
+from grpo.rollout.vllm_engine import (
+    VLLM_GENERATION_KWARGS,
+    VLLM_NATIVE_KWARGS,
+    VLLMBackend,
+    lora_merged_weight,
+    vllm_launch_env,
+    vllm_outputs_to_tensors,
+    vllm_sampling_kwargs,
+    vllm_weights,
+)
+
+__all__ = [
+    "CACHE_LEN_STEP", "ROLLOUT_BACKENDS", "VLLM_GENERATION_KWARGS", "VLLM_NATIVE_KWARGS", "CompactSampler",
+    "HFGenerateBackend", "RolloutBatch", "VLLMBackend", "batch_bucket", "check_hf_generation_kwargs",
+    "completion_mask_from_ids", "concat", "finished_check_interval", "lora_merged_weight", "make_backend",
+    "neutral_generation_config", "pad_rows", "recompile_limit", "register_backend", "sample_next", "select",
+    "token_logprobs", "vllm_launch_env", "vllm_outputs_to_tensors", "vllm_sampling_kwargs", "vllm_weights",
+    "warp_logits",
+]
