@@ -1,7 +1,7 @@
 """How the loss scores what the sampler drew: truncated sampling and the sampler/trainer mismatch correction.
 
 Every backend samples the first completion token from ``softmax(logits / temperature)``, truncated to the top
-``top_k`` tokens and the ``top_p`` nucleus when those are set (``grpo.rollout.warp_logits``, one function for
+``top_k`` tokens and the ``top_p`` nucleus when those are set (:func:`warp_logits` below, one function for
 compact and hf; vLLM applies the same definitions). The loss scores the same distribution:
 
 * **top-k / top-p.** The trainer's log-probs use the truncated, renormalised distribution: at each completion
