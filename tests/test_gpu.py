@@ -54,8 +54,11 @@ def test_plain_python_on_cuda_trains_in_bf16_autocast(tmp_path, monkeypatch, cap
     assert "computing in bf16 autocast" in capsys.readouterr().out
     assert next(model.parameters()).dtype == torch.float32  # float32 master weights
     _assert_learned(rows, before, model)
-    # decoding from the bf16 copy turns the mismatch correction on; the mismatch is bf16 rounding
-    assert all(r["sampling/importance_sampling_ratio/mean"] == pytest.approx(1.0, abs=0.1) for r in rows)
+    # decoding from the bf16 copy turns the mismatch correction on; the mismatch is rounding (autocast casts the
+    # float32 weights to the same bf16 values the copy holds), so token log-probs agree closely
+    for r in rows:
+        assert r["sampling/sampling_logp_difference/mean"] < 0.05, r
+        assert 0.5 < r["sampling/importance_sampling_ratio/mean"] < 1.5, r
 
 
 @pytest.mark.parametrize("name, mixed_precision, extra", [
