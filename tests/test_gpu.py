@@ -19,7 +19,7 @@ BASE_ARGS = ["--per_device_train_batch_size", "64", "--num_generations", "8", "-
 
 
 def _train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mixed_precision: str | None, *extra: str,
-           steps: int = 3) -> tuple[list[dict], dict[str, torch.Tensor], torch.nn.Module]:
+           steps: int = 2) -> tuple[list[dict], dict[str, torch.Tensor], torch.nn.Module]:
     """Train the bundled (trained) tiny base for ``steps`` steps on the GPU. -> metrics rows, initial weights, model."""
     from grpo.config import load_config
     from grpo.trainer import Trainer
