@@ -182,3 +182,25 @@ def test_eval_reward_needing_a_missing_column_fails_before_the_model_loads():
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "needs the column 'target'" in lines[0] and "arithmetic" in lines[0]
     assert "Loading weights" not in proc.stdout + proc.stderr
+
+
+def test_sampling_correction_keys(tmp_path):
+    """TRL's names; auto (None) by default; bounds and modes checked in one line."""
+    from grpo.config import help_text
+    from grpo.sampling import sampling_correction_enabled
+
+    assert "--vllm_importance_sampling_correction" in help_text()
+    out = ["--output_dir", str(tmp_path / "o")]
+    cfg = load_config(out)
+    assert cfg.vllm_importance_sampling_correction is None and cfg.vllm_importance_sampling_mode == "sequence_mask"
+    assert not sampling_correction_enabled(cfg) and sampling_correction_enabled(cfg, decode_copy=True)
+    assert sampling_correction_enabled(load_config([*out, "--vllm_importance_sampling_correction", "true"]))
+    for argv, fragment in [
+        (["--vllm_importance_sampling_mode", "token"], "must be one of token_truncate, token_mask"),
+        (["--vllm_importance_sampling_clip_min", "2", "--vllm_importance_sampling_clip_max", "1"], "must be below"),
+        (["--vllm_importance_sampling_mode", "token_truncate", "--vllm_importance_sampling_clip_max", "none"],
+         "needs vllm_importance_sampling_clip_max"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment) as err:
+            load_config([*out, *argv])
+        assert "\n" not in str(err.value)
