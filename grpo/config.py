@@ -62,7 +62,7 @@ class GRPOConfig:
     top_p: float = _f(1.0, "Nucleus sampling for rollouts; 1.0 = off.")
     top_k: int = _f(0, "Top-k sampling for rollouts; 0 = off.")
     rollout_backend: str = _f("compact", "compact (a decode loop that drops finished sequences: fastest without vLLM), hf (model.generate), or vllm (needs the vllm extra and a GPU).")
-    generation_kwargs: dict = _f({}, "Extra sampling options, e.g. {min_new_tokens: 16} or {suppress_tokens: [id]} (hf: any GenerationConfig field; vllm: SamplingParams fields).")
+    generation_kwargs: dict = _f({}, "Extra sampling options, e.g. {min_new_tokens: 16} or {suppress_tokens: [id]} (hf: GenerationConfig fields; vllm: mapped to SamplingParams, see docs/rollout.md).")
     prompt_bucket: int = _f(0, "Pad prompts to a multiple of this many tokens (with compile_generation: fewer distinct shapes to compile); 0 = off.")
     compile_generation: bool = _f(False, "hf backend on GPU: static KV cache + torch.compile (CUDA graphs) for decoding; the first steps pay compilation.")
     vllm_gpu_memory_utilization: float = _f(0.3, "vllm backend: share of GPU memory vLLM may take (the rest is for training).")
