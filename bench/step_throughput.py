@@ -169,7 +169,8 @@ def main() -> None:
         "--per_device_train_batch_size", str(batch), "--eval_steps", "0", "--save_steps", "0",
         "--save_final_model", "false", "--rollout_backend", args.backend, "--dtype", p["dtype"],
         "--generation_kwargs", json.dumps(gen_kwargs), "--rewards",
-        json.dumps({("bench.step_throughput:digit_share" if k == "digit_share" else k): v for k, v in p["rewards"].items()}),
+        json.dumps({("bench.step_throughput:digit_share" if k == "digit_share" else k): v
+                    for k, v in p["rewards"].items()}),
         "--task_kwargs", "{num_eval: 8}", "--log_completions_steps", "0",
         *[x for k, v in common.items() for x in (f"--{k}", str(v))],
     ])
@@ -187,7 +188,8 @@ def main() -> None:
     trl_fns, trl_weights = reward_funcs(p["rewards"])
     trl_args = TRLConfig(
         output_dir=str(work / "trl"), use_cpu=not cuda, bf16=False, per_device_train_batch_size=batch // trl_micro,
-        gradient_accumulation_steps=trl_micro, max_steps=total_steps, reward_weights=trl_weights, logging_steps=1, report_to=[], save_strategy="no",
+        gradient_accumulation_steps=trl_micro, max_steps=total_steps, reward_weights=trl_weights, logging_steps=1,
+        report_to=[], save_strategy="no",
         generation_kwargs=gen_kwargs or None, seed=0, dataloader_num_workers=0,
         gradient_checkpointing=False,  # TRL's default is True: slower steps; neither side recomputes activations
         **common)
