@@ -69,7 +69,7 @@ def _partial(pred: str, parsed: list) -> bool:
         return False
     if matched.count("{") != matched.count("}"):
         return True
-    m, p = _flat(matched), _flat(pred)
+    m, p = _flat(_TEXT_CMD.sub("", matched)), _flat(_TEXT_CMD.sub("", pred))  # text and units are meant to go
     return len(m) < len(p) and p.startswith(m)
 
 

@@ -122,6 +122,8 @@ def judge_locally(gold: Gold, answer: str, max_answer_chars: int = 1000) -> Loca
         return LocalVerdict(Reason.TOO_LONG, path="extract")
     if count_candidates(s) > gold.items:
         return LocalVerdict(Reason.MULTIPLE_ANSWERS, path="extract")
+    if "".join(s.split()) == "".join(gold.text.split()):
+        return LocalVerdict(Reason.RIGHT)  # the very same text as the gold
     checks = [s] if gold.relation else split_relation(s)
     if not checks:
         return LocalVerdict(Reason.UNPARSABLE, path="extract")

@@ -236,24 +236,29 @@ def clean(answer: str) -> str:
     return s
 
 
+_LEADING_CLOSE = re.compile(r"^\s*[.,;:!]?\s*(?:\$\$|\$|\\\)|\\\])")  # the rest of the math span that held the answer
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?%?")
 
 
 def stated_answers(tail: str) -> list[str]:
-    """Answers that the text after the final answer states: its boxes, its math spans and its bare numbers.
+    """Answers that the text after the final answer states: its boxes, its math spans with a digit in them, and
+    its bare numbers. A math span without digits (``$B$``, ``$\\text{cm}$``) names something, not an answer.
 
     Example:
-        >>> stated_answers("Check: $6+6$, so 12. Actually \\\\boxed{13}")
+        >>> stated_answers("$ for $B$. Check: $6+6$, so 12. Actually \\\\boxed{13}")
         ['13', '6+6', '12']
     """
+    tail = _LEADING_CLOSE.sub("", tail)  # "$\\boxed{2}$ ...": the tail starts by closing the answer's span
     spans = box_spans(tail)
     if spans is None:  # an unbalanced box after the answer still states something
         spans = [(m.start(), len(tail), tail[m.end() :]) for m in BOX.finditer(tail)][:1]
     out = [content for _, _, content in spans]
     rest = "".join(tail[a:b] for a, b in zip([0] + [e for _, e, _ in spans], [s for s, _, _ in spans] + [len(tail)]))
     for m in _MATH_SPAN.finditer(rest):
-        out.append(next(g for g in m.groups() if g is not None))
+        span = next(g for g in m.groups() if g is not None)
+        if any(ch.isdigit() for ch in span):
+            out.append(span)
     rest = _MATH_SPAN.sub(" ", rest)
     out += [m.group(0) for m in _NUMBER.finditer(rest)]
     return [s for s in (x.strip() for x in out) if s]

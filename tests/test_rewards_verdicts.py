@@ -97,6 +97,9 @@ def test_after_answer_kwarg():
     harmless = [r1("12", " I hope this helps."), r1("12", " So the answer is 12."), r1("12", " \\boxed{12}")]
     assert scores(harmless, ["12"] * 3) == [1.0, 1.0, 1.0]  # no other answer: the format reward's business
     assert scores([r1("12", " \\boxed{13}")], ["12"], after_answer="ignore") == [1.0]
+    # a box inside a math span: the tail starts by closing the span; "$B$" names something, it is not an answer
+    solution = "So there are $\\boxed{2}$ values for $B$. Final Answer: The final answer is $2$."
+    assert scores([solution], ["2"], answer_format="boxed") == [1.0]
     with pytest.raises(ValueError, match="after_answer must be one of strict, ignore"):
         scores([r1("12")], ["12"], after_answer="lenient")
 
@@ -189,8 +192,9 @@ def test_score_puts_verdicts_into_notes():
 
 
 def test_judge_locally_is_typed():
-    local = judge_locally(parse_gold("\\sqrt{2}"), "\\sqrt{2}")
-    assert local.reason is None and local.checks == ("\\sqrt{2}",) and local.path == "cas"
+    local = judge_locally(parse_gold("2\\sqrt{2}"), "\\sqrt{8}")
+    assert local.reason is None and local.checks == ("\\sqrt{8}",) and local.path == "cas"
+    assert judge_locally(parse_gold("\\sqrt{2}"), " \\sqrt{ 2}").reason is Reason.RIGHT  # the gold's own text
     assert judge_locally(parse_gold("18"), "$18.00").reason is Reason.RIGHT
 
 
