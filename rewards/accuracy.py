@@ -35,7 +35,7 @@ import enum
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 # boxed_contents, extract_answer, check_golds, parse_gold(s): imported from here before extract/golds existed
 from rewards.extract import ANSWER_FORMATS, boxed_contents, clean, extract_answer, find_answer, stated_answers  # noqa: F401
@@ -92,9 +92,9 @@ class Verdict:
 
     def to_json(self) -> dict:
         """A JSON-able dict (``reason`` as its code, ``seconds`` rounded to microseconds)."""
-        d = asdict(self)
-        d["reason"], d["seconds"] = self.reason.value, round(self.seconds, 6)
-        return d
+        # by hand, not dataclasses.asdict: that deep-copies and took a third of a GSM8K batch's scoring time
+        return {"score": self.score, "reason": self.reason.value, "answer": self.answer, "path": self.path,
+                "seconds": round(self.seconds, 6)}
 
 
 @dataclass(frozen=True)
@@ -120,10 +120,10 @@ def judge_locally(gold: Gold, answer: str, max_answer_chars: int = 1000) -> Loca
         return LocalVerdict(Reason.NO_ANSWER, path="extract")
     if len(s) > max_answer_chars:
         return LocalVerdict(Reason.TOO_LONG, path="extract")
-    if count_candidates(s) > gold.items:
-        return LocalVerdict(Reason.MULTIPLE_ANSWERS, path="extract")
     if "".join(s.split()) == "".join(gold.text.split()):
         return LocalVerdict(Reason.RIGHT)  # the very same text as the gold
+    if count_candidates(s) > gold.items:
+        return LocalVerdict(Reason.MULTIPLE_ANSWERS, path="extract")
     checks = [s] if gold.relation else split_relation(s)
     if not checks:
         return LocalVerdict(Reason.UNPARSABLE, path="extract")
