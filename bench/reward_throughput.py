@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -157,6 +158,22 @@ def section_throughput(gsm: list[dict], math_rows: list[dict], reps: int) -> Non
         print(f"| {name} | {len(completions)} | {ours_rate:,.0f} | {base_rate:,.0f} | {ours_rate / base_rate:.1f}x |")
 
 
+def section_cpu(gsm: list[dict], reps: int) -> None:
+    """CPU time (not wall time) of the in-process path on a GSM8K GRPO batch: robust to other load on the machine,
+    so before/after comparisons of the extraction and exact-number code can be made on a busy host."""
+    completions, golds = grpo_batch(gsm, 64)
+    fn = rewards.get("accuracy")
+    fn(completions, answer=golds)
+    best = math.inf
+    for _ in range(reps):
+        acc_module._VERDICTS.clear()
+        t = time.process_time()
+        fn(completions, answer=golds)
+        best = min(best, time.process_time() - t)
+    print(f"\nGSM8K-style GRPO step ({len(completions)} completions), in-process CPU time: "
+          f"{len(completions) / best:,.0f} verifications per CPU-second (best of {reps})")
+
+
 PATHOLOGICAL = [
     r1("", "\\boxed{9^{9^{9^{9}}}}"), r1("", "9^9^9^9"), r1("", "2^{999999999}"), r1("", "\\boxed{99999999!}"),
     r1("9" * (1 << 20), "1"), r1("", "(" * 5000 + "1" + ")" * 5000),
@@ -219,7 +236,8 @@ def disagreement(case: dict, pred: str, verdict: Verdict | None) -> str:
         return "deliberate: numbers compare exactly, no rounding (0.3333 is not 1/3, 4.1231 is not sqrt(17))"
     if "full_solution_text" in tags or len(pred) > 200:
         return "deliberate: a full solution's last box is its answer; prose around it is not parsed"
-    return f"gap: our {reason} ({verdict.path}) where math-verify expects a match"
+    path = "cas" if verdict.path == "cache" else verdict.path  # a cached CAS verdict
+    return f"gap: our {reason} ({path}) where math-verify expects a match"
 
 
 def section_cases(path: Path) -> None:
@@ -274,8 +292,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--n", type=int, default=0, help="rows per set (0 = all)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--sections", default="rates,throughput,latency,cases",
-                    help="comma-separated subset of rates, throughput, latency, cases")
+    ap.add_argument("--sections", default="rates,throughput,cpu,latency,cases",
+                    help="comma-separated subset of rates, throughput, cpu, latency, cases")
     args = ap.parse_args()
     data, rng = Path(args.data), random.Random(0)
     needed = ["gsm8k_test.jsonl", "math500.jsonl", "mathverify_cases.jsonl"]
@@ -293,6 +311,8 @@ def main() -> None:
     sections = set(args.sections.split(","))
     if "rates" in sections:
         section_rates(gsm, math_rows)
+    if "cpu" in sections:
+        section_cpu(gsm, max(args.reps, 5))
     if "throughput" in sections:
         section_throughput(gsm, math_rows, args.reps)
     if "latency" in sections:
