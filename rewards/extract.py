@@ -46,7 +46,8 @@ class Extraction:
         answer: the single final answer (stripped), or ``None``.
         reason: ``None`` when found, else ``too_long``, ``no_answer``, ``multiple_answers``, ``answer_in_think``,
             ``unclosed`` or ``malformed`` (tags nested inside the answer block).
-        tail: the text after the answer (after ``</answer>`` for r1, after the last box for boxed).
+        tail: the text after the answer (after ``</answer>`` for r1, after the last box for boxed; for an r1 block
+            that holds a box, from that box on).
     """
 
     answer: str | None
@@ -171,9 +172,9 @@ def find_answer(text: str, answer_format: str = "r1", max_chars: int = 65536) ->
     if any(tag in body for tag in _TAG_PREFIXES):
         return Extraction(None, "malformed")
     tail = text[end + len(ANSWER_CLOSE) :]
-    if BOX.search(body):
-        boxed = _from_boxes(body, 0)
-        return Extraction(boxed.answer, boxed.reason, tail)
+    if BOX.search(body):  # the box is the answer; text after it inside the block is part of the tail
+        boxed = _from_boxes(body, None)
+        return Extraction(boxed.answer, boxed.reason, boxed.tail + ANSWER_CLOSE + tail if boxed.answer else "")
     return Extraction(body.strip(), None, tail)
 
 

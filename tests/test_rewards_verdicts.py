@@ -53,6 +53,7 @@ AFTER_ANSWER = {
     "a number stated after": ("12", " Actually, the final answer is 13.", "12"),
     "a math span after": ("12", " so $x = 13$", "12"),
     "a fraction after": ("\\frac{1}{2}", " or maybe 2/3", "\\frac{1}{2}"),
+    "another number after the box, inside the block": ("\\boxed{12} Actually 13", "", "12"),
 }
 PERCENT = {
     "fraction for a plain-number gold": ("0.25", "25"),
