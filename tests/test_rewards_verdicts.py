@@ -217,7 +217,8 @@ def test_check_golds_returns_problems_as_values():
 
 
 def test_validate_golds_drops_rows_by_index_without_reading_messages():
-    from grpo.data import DataError, validate_golds
+    from grpo.errors import DataError
+    from grpo.tasks.golds import validate_golds
 
     rows = [{"answer": "1"}, {"answer": ""}, {"answer": "2"}, {"answer": "\\frac{"}]
     kept, dropped = validate_golds(rows, [10, 11, 12, 13], "t.jsonl", "skip")
@@ -247,7 +248,7 @@ def test_kwargs_must_name_explicit_parameters_with_a_suggestion():
 
 def test_typo_in_reward_kwargs_exits_2_with_one_line_before_the_model_loads(tmp_path):
     cmd = [sys.executable, "train.py", "--rewards", "{accuracy: {weight: 1.0, kwargs: {answer_fromat: boxed}}}",
-           "--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "no-model-here")]
+           "--output_dir", str(tmp_path / "out")]  # the bundled tiny base: preflight reads only its config.json
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
