@@ -21,7 +21,7 @@ import math
 import re
 
 import rewards
-from rewards.accuracy import extract_answer
+from rewards.extract import extract_answer
 
 # unit -> (dimension, factor to the SI base unit)
 UNITS: dict[str, tuple[str, float]] = {

@@ -308,16 +308,12 @@ def validate(cfg: GRPOConfig) -> None:
         raise ConfigError("a *_truncate vllm_importance_sampling_mode needs vllm_importance_sampling_clip_max or _min")
     if not cfg.rewards:
         raise ConfigError("config key 'rewards' is empty; give at least one reward, e.g. {accuracy: 1.0}")
-    for name, spec in cfg.rewards.items():
-        if isinstance(spec, dict):
-            bad = set(spec) - {"weight", "kwargs", "on_error"}
-            if bad:
-                raise ConfigError(f"reward '{name}': unknown keys {sorted(bad)}; use {{weight: w, kwargs: {{...}}, on_error: raise|zero}}")
-            if spec.get("on_error", "raise") not in ("raise", "zero"):
-                raise ConfigError(f"reward '{name}': on_error must be raise or zero, got {spec['on_error']!r}")
-            spec = spec.get("weight", 1.0)
-        if isinstance(spec, bool) or not isinstance(spec, (int, float)):
-            raise ConfigError(f"reward '{name}' weight must be a number, got {spec!r}")
+    from rewards.spec import parse_specs
+
+    try:
+        parse_specs(cfg.rewards)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
         raise ConfigError(f"save_total_limit must be >= 1 (or null to keep all), got {cfg.save_total_limit}")
     _check_model_options(cfg)

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 import rewards as reward_registry
 from grpo.rollout import CompactSampler, HFGenerateBackend
 from rewards.combine import batch_columns
+from rewards.spec import reward_kwargs
 
 RewardFn = Callable[..., list]
 
@@ -104,8 +105,7 @@ def evaluate(model: PreTrainedModel, backend: HFGenerateBackend, rows: list[dict
 def _reward_with_kwargs(name: str, reward_config: dict, defaults: dict | None = None) -> RewardFn:
     """The reward ``name`` with its kwargs: the task's defaults (``reward_defaults``) < the ``rewards:`` config."""
     fn = reward_registry.get(name)
-    spec = reward_config.get(name)
-    kwargs = {**(defaults or {}), **((spec.get("kwargs") or {}) if isinstance(spec, dict) else {})}
+    kwargs = {**(defaults or {}), **reward_kwargs(reward_config, name)}
     return functools.partial(fn, **kwargs) if kwargs else fn
 
 
@@ -192,12 +192,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         s["task_kwargs"]["template"] = args.template
     if args.num_eval is not None:
         s["task_kwargs"]["num_eval"] = args.num_eval
-    reward_spec = s["rewards"].get(s["reward"])
-    reward_kwargs = (reward_spec.get("kwargs") or {}) if isinstance(reward_spec, dict) else {}
-    format_spec = s["rewards"].get("format")
-    format_kwargs = (format_spec.get("kwargs") or {}) if isinstance(format_spec, dict) else {}
-    s["reward_kwargs"] = {**reward_kwargs, **_yaml(args.reward_kwargs, "--reward_kwargs")}
-    s["format_kwargs"] = {**format_kwargs, **_yaml(args.format_kwargs, "--format_kwargs")}
+    s["reward_kwargs"] = {**reward_kwargs(s["rewards"], s["reward"]), **_yaml(args.reward_kwargs, "--reward_kwargs")}
+    s["format_kwargs"] = {**reward_kwargs(s["rewards"], "format"), **_yaml(args.format_kwargs, "--format_kwargs")}
     return s
 
 

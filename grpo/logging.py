@@ -99,7 +99,8 @@ def completion_records(step: int, batch: StepBatch, group_size: int) -> list[dic
 
     Fields: ``step``, ``group`` (index of its prompt in this rank's batch), ``prompt``, ``completion``, ``answer``
     (gold, if the task has one), ``reward`` (weighted sum), ``rewards`` (name -> value, null = does not apply),
-    ``advantage``, ``length`` (tokens, EOS included) and ``truncated``.
+    ``advantage``, ``length`` (tokens, EOS included), ``truncated`` and ``verdicts`` (reward name -> why it
+    scored what it did, for rewards that explain themselves, e.g. accuracy's ``reason``).
     """
     rollout = batch.rollout
     lengths, truncated = rollout.lengths.tolist(), rollout.truncated.tolist()
@@ -113,6 +114,8 @@ def completion_records(step: int, batch: StepBatch, group_size: int) -> list[dic
         rec["reward"] = round(float(batch.rewards[i]), 6)
         rec["rewards"] = {k: (None if math.isnan(v[i]) else round(v[i], 6)) for k, v in named.items()}
         rec.update(advantage=round(float(batch.advantages[i]), 6), length=int(lengths[i]), truncated=bool(truncated[i]))
+        if batch.rows[i].get("verdicts"):  # reward name -> verdict (accuracy: score, reason, answer, path, seconds)
+            rec["verdicts"] = batch.rows[i]["verdicts"]
         records.append(rec)
     return records
 

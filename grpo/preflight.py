@@ -164,15 +164,22 @@ def check_rewards(cfg: GRPOConfig, task: Task) -> None:
     """Every reward (and ``eval_reward``) resolves, takes its kwargs, finds the columns it needs in the task's
     rows, and matches the task's template (e.g. the R1 format reward on a boxed prompt)."""
     import rewards
+    from rewards.combine import build_rewards
+    from rewards.spec import reward_kwargs
 
+    try:
+        build_rewards(cfg.rewards)  # names resolve, kwargs name real parameters (did-you-mean), deadline_s runnable
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     for name in [*cfg.rewards, cfg.eval_reward]:
         try:
             fn = rewards.get(name)
         except KeyError as e:
             prefix = "eval_reward: " if name == cfg.eval_reward and name not in cfg.rewards else ""
             raise ConfigError(prefix + e.args[0]) from None
-        spec = cfg.rewards.get(name)
-        kwargs = (spec.get("kwargs") or {}) if isinstance(spec, dict) else {}
+        kwargs = reward_kwargs(cfg.rewards, name)
         check_reward_columns(name, fn, task, kwargs, eval_only=name not in cfg.rewards)
     check_rewards_match(task, cfg.rewards)
 

@@ -19,6 +19,8 @@ import math
 import re
 from collections.abc import Callable, Iterable
 
+from rewards.extract import THINK_CLOSE, THINK_OPEN, think_block  # noqa: F401 - the tags, defined once there
+
 # Words R1-style models use when they re-examine their own work. "but"/"however" are left out on purpose:
 # they are ordinary connectives in any explanation and would make the ratio meaningless.
 DEFAULT_REFLECTION_WORDS: tuple[str, ...] = (
@@ -26,7 +28,6 @@ DEFAULT_REFLECTION_WORDS: tuple[str, ...] = (
     "reconsider", "re-evaluate", "alternatively",
 )
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 def reflection_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
@@ -73,29 +74,6 @@ def reflection_ratio(completions: list[str], words: Iterable[str] = DEFAULT_REFL
     """
     flags = reflection_flags(completions, words)
     return sum(flags) / len(flags) if flags else math.nan
-
-
-def think_block(text: str) -> str | None:
-    """The text inside the first think block, or None when the completion has none.
-
-    - ``<think>X</think>...`` -> ``X``;
-    - ``X</think>...`` with no opening tag -> ``X`` (the template prefilled ``<think>`` in the prompt,
-      as TinyZero and Open-Reasoner-Zero do);
-    - ``<think>X`` with no closing tag -> ``X`` (cut off by the length limit: the thinking so far);
-    - no tag at all -> None.
-
-    Example:
-        >>> think_block("<think>6+2=8\\n8+7=15</think><answer>15</answer>")
-        '6+2=8\\n8+7=15'
-    """
-    start, end = text.find(THINK_OPEN), text.find(THINK_CLOSE)
-    if start >= 0 and (end < 0 or start < end):
-        body_start = start + len(THINK_OPEN)
-        close = text.find(THINK_CLOSE, body_start)
-        return text[body_start:] if close < 0 else text[body_start:close]
-    if end >= 0:
-        return text[:end]
-    return None
 
 
 def think_lengths(completions: list[str], count: Callable[[str], int] = len) -> list[float]:

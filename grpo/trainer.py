@@ -107,8 +107,10 @@ class Trainer:
             rollout = self.backend.generate(model, [r["prompt"] for r in rows], self.cfg.num_generations)
         rows = [r for r in rows for _ in range(self.cfg.num_generations)]
         t1 = time.perf_counter()
+        notes: list[dict] = [{} for _ in rows]  # per-sample verdicts (accuracy's reasons) for completions.jsonl
         rewards, per_reward, reward_metrics = score(self.rewards, rollout.completions, rows, rollout.prompts,
-                                                    completion_lengths=rollout.lengths.tolist())
+                                                    completion_lengths=rollout.lengths.tolist(), notes=notes)
+        rows = [dict(row, verdicts=note) if note else row for row, note in zip(rows, notes)]
         timing = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
         return StepBatch(rollout, rows, rewards, per_reward), {**timing, **reward_metrics}
 

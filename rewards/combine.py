@@ -9,11 +9,14 @@ Config forms (YAML)::
 
 ``on_error`` says what a reward that raises does: ``raise`` (default) stops the run with one error naming
 the reward, the sample index and the exception; ``zero`` scores the failing samples 0 and counts them in
-metric ``rewards/<name>/errors``.
+metric ``rewards/<name>/errors``. ``deadline_s`` runs the reward in the killable worker pool
+(``rewards.sandbox.call_reward``): samples past the deadline score 0 and count in ``rewards/<name>/timeouts``,
+and the step goes on. The spec itself is parsed by ``rewards.spec.parse_spec``.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 from collections.abc import Callable
@@ -22,10 +25,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from rewards import collect_metrics, get
-
-ON_ERROR = ("raise", "zero")
-SPEC_KEYS = ("weight", "kwargs", "on_error")
+from rewards.registry import Sink, collect, get, import_path, report
+from rewards.sandbox import call_reward
+from rewards.spec import ON_ERROR, SPEC_KEYS, parse_spec  # noqa: F401 - ON_ERROR, SPEC_KEYS re-exported
 
 
 class RewardError(RuntimeError):
@@ -34,49 +36,53 @@ class RewardError(RuntimeError):
 
 @dataclass
 class RewardSpec:
-    """One reward function from the config with its weight, extra kwargs and error policy."""
+    """One reward function from the config with its weight, extra kwargs, error policy and deadline."""
 
     name: str
     fn: Callable[..., list]
     weight: float
     kwargs: dict = field(default_factory=dict)
     on_error: str = "raise"
+    deadline_s: float | None = None
 
 
-def _check_kwargs(name: str, fn: Callable, kwargs: dict) -> None:
-    """A kwarg the function cannot take is a config typo: say so now, not at the first step."""
+def check_kwargs(name: str, fn: Callable, kwargs: dict) -> None:
+    """Config kwargs must name explicit parameters of the reward (a ``**columns`` catch-all does not count: it
+    would swallow a typo such as ``answer_fromat``).
+
+    Raises:
+        ValueError: one line naming the unknown kwarg, the closest parameter and the accepted ones.
+    """
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-        raise ValueError(f"reward '{name}' takes no kwargs {unknown}; it accepts {sorted(params)}")
+    named = [p for p, v in params.items() if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p != "completions"]
+    for key in kwargs:
+        if key not in named:
+            close = difflib.get_close_matches(key, named, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            accepts = ", ".join(named) if named else "no kwargs"
+            raise ValueError(f"reward '{name}' has no parameter '{key}'{hint}; it accepts: {accepts}")
 
 
 def build_rewards(spec: dict) -> list[RewardSpec]:
-    """Resolve ``{name: weight}`` / ``{name: {weight, kwargs, on_error}}`` into callables.
+    """Resolve ``{name: weight}`` / ``{name: {weight, kwargs, on_error, deadline_s}}`` into callables.
 
     Raises:
         KeyError: unknown reward name (the message lists the known ones).
-        ValueError: a bad ``on_error``, unknown spec keys, or kwargs the function does not take.
+        ValueError: a bad spec (see ``rewards.spec.parse_spec``), kwargs the function does not name, or a
+            ``deadline_s`` on a function that a worker process cannot import.
     """
     out = []
     for name, value in spec.items():
-        if isinstance(value, dict):
-            bad = set(value) - set(SPEC_KEYS)
-            if bad:
-                raise ValueError(f"reward '{name}': unknown keys {sorted(bad)}; use {{weight, kwargs, on_error}}")
-            weight, kwargs, on_error = value.get("weight", 1.0), value.get("kwargs") or {}, value.get("on_error", "raise")
-        else:
-            weight, kwargs, on_error = value, {}, "raise"
-        if on_error not in ON_ERROR:
-            raise ValueError(f"reward '{name}': on_error must be 'raise' or 'zero', got {on_error!r}")
+        entry = parse_spec(name, value)
         fn = get(name)
-        _check_kwargs(name, fn, kwargs)
-        out.append(RewardSpec(name, fn, float(weight), dict(kwargs), on_error))
+        check_kwargs(name, fn, entry.kwargs)
+        if entry.deadline_s is not None and import_path(fn) is None:
+            raise ValueError(f"reward '{name}' has deadline_s but its function cannot be imported by a worker "
+                             "process (defined in __main__ or inside a function); move it into a module")
+        out.append(RewardSpec(name, fn, entry.weight, entry.kwargs, entry.on_error, entry.deadline_s))
     return out
 
 
@@ -128,8 +134,43 @@ def _run_one(spec: RewardSpec, completions: list[str], columns: dict) -> tuple[l
                 errors += 1
         if errors == 0 and spec.on_error == "raise":  # only the batch call failed: report that
             raise RewardError(f"reward '{spec.name}' failed on the batch but on no single sample: "
-                                  f"{type(batch_error).__name__}: {batch_error}") from None
+                              f"{type(batch_error).__name__}: {batch_error}") from None
+        report("batch_errors", 1)  # under on_error: zero a failing batch call stays visible in the metrics
         return out, errors
+
+
+def _run_in_workers(spec: RewardSpec, completions: list[str], columns: dict,
+                    sink: Sink) -> tuple[list[float], int, int]:
+    """Call the reward in the killable worker pool (its ``deadline_s``). Samples of a chunk that timed out score
+    0 (``timeouts``); a chunk that raised follows ``on_error`` and counts every sample it zeroed as an error.
+
+    Returns the N values (NaN = None), the errors and the timeouts.
+    """
+    values = [0.0] * len(completions)
+    notes: list = [None] * len(completions)
+    errors = timeouts = 0
+    for part in call_reward(import_path(spec.fn), completions, columns, spec.kwargs, spec.deadline_s):
+        size = part.stop - part.start
+        if part.status == "timeout":
+            timeouts += size
+        elif part.status != "ok":
+            if spec.on_error == "raise":
+                raise RewardError(f"reward '{spec.name}' failed on samples {part.start}-{part.stop - 1} in its worker "
+                                  f"({part.status}: {part.error}); fix the verifier, or set on_error: zero for it")
+            errors += size
+        elif not isinstance(part.values, list) or len(part.values) != size:
+            raise RewardError(f"reward '{spec.name}' returned {type(part.values).__name__} for {size} completions; "
+                              "return a list with one float or None per completion")
+        else:
+            values[part.start : part.stop] = [_to_float(spec, part.start + i, v) for i, v in enumerate(part.values)]
+            for key, value in (part.counters or {}).items():
+                sink.counters[key] = sink.counters.get(key, 0.0) + value
+            if part.notes is not None and len(part.notes) == size:
+                notes[part.start : part.stop] = part.notes
+    sink.counters["timeouts"] = sink.counters.get("timeouts", 0.0) + timeouts
+    if any(n is not None for n in notes):
+        sink.notes = notes
+    return values, errors, timeouts
 
 
 def batch_columns(rows: list[dict], prompts: list[str]) -> dict[str, list]:
@@ -142,7 +183,8 @@ def batch_columns(rows: list[dict], prompts: list[str]) -> dict[str, list]:
 
 
 def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], prompts: list[str],
-          completion_lengths: list[int] | None = None) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+          completion_lengths: list[int] | None = None,
+          notes: list[dict] | None = None) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
     """Weighted sum of rewards over N completions.
 
     Args:
@@ -151,12 +193,15 @@ def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], pro
         rows: N dataset rows (each row's columns are passed batched, e.g. ``answer=[...]``).
         prompts: N prompt texts.
         completion_lengths: N completion lengths in tokens, passed as column ``completion_lengths``.
+        notes: optional N dicts; each gets ``{name: note}`` for the rewards that ``annotate`` their samples
+            (``accuracy``'s verdicts), for ``completions.jsonl``.
 
     Returns:
         total (N,) float; per reward name a (N,) tensor with NaN where the reward returned ``None`` (``None``
         contributes 0 to the sum and is left out of that reward's mean); and counters for this batch:
-        ``rewards/<name>/errors`` (samples scored 0 under ``on_error: zero``) plus whatever each reward
-        ``report``-ed, as ``rewards/<name>/<key>`` (e.g. ``rewards/accuracy/timeouts``).
+        ``rewards/<name>/errors`` (samples scored 0 under ``on_error: zero``), ``rewards/<name>/timeouts`` for a
+        reward with ``deadline_s``, plus whatever each reward ``report``-ed, as ``rewards/<name>/<key>`` (e.g.
+        ``rewards/accuracy/reason/right``).
 
     Raises:
         RewardError: a reward raised under ``on_error: raise``, or returned the wrong number or kind of values.
@@ -168,12 +213,19 @@ def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], pro
     per_reward: dict[str, Tensor] = {}
     metrics: dict[str, float] = {}
     for spec in specs:
-        with collect_metrics() as reported:
-            values, errors = _run_one(spec, completions, columns)
+        with collect() as sink:
+            if spec.deadline_s is not None:
+                values, errors, _ = _run_in_workers(spec, completions, columns, sink)
+            else:
+                values, errors = _run_one(spec, completions, columns)
         vec = torch.tensor(values, dtype=torch.float32)
         per_reward[spec.name] = vec
         total += spec.weight * torch.nan_to_num(vec, nan=0.0)
         metrics[f"rewards/{spec.name}/errors"] = float(errors)
-        for key, value in reported.items():
+        for key, value in sink.counters.items():
             metrics[f"rewards/{spec.name}/{key}"] = value
+        if notes is not None and sink.notes is not None and len(sink.notes) == len(notes):
+            for note, sample_note in zip(notes, sink.notes):
+                if sample_note is not None:
+                    note[spec.name] = sample_note
     return total, per_reward, metrics

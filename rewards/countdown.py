@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections import Counter
 from fractions import Fraction
 
-from rewards import register
-from rewards.accuracy import clean, extract_answer
 from rewards.arith import ArithError, evaluate
+from rewards.extract import clean, extract_answer
+from rewards.registry import register
 
 
 def check_equation(equation: str, target: float, nums: list[int]) -> bool | None:

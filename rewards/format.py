@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import re
 
-from rewards import register
-from rewards.accuracy import boxed_contents
+from rewards.extract import ANSWER_CLOSE, ANSWER_OPEN, BOX, THINK_CLOSE, THINK_OPEN, box_spans
+from rewards.registry import register
 
-_TAG = re.compile(r"</?(?:think|answer)>")
+_TAG = re.compile("|".join(re.escape(t) for t in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)))
 # One think block, one answer block, whitespace only outside them. Tags inside the blocks are rejected
 # separately by counting, so "<think><think></think>" cannot pass.
-_STRICT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
-_BOX = re.compile(r"\\(?:boxed|fbox)")
+_STRICT = re.compile(rf"\s*{THINK_OPEN}(.*?){THINK_CLOSE}\s*{ANSWER_OPEN}(.*?){ANSWER_CLOSE}\s*", re.DOTALL)
 _AFTER_BOX = re.compile(r"(?:\s|\$|\\\]|\\\)|[.!])*")
 TEMPLATES = ("r1", "boxed")
 
@@ -39,9 +38,9 @@ def is_r1_format(text: str, prefilled_think: bool = False) -> bool:
     if not isinstance(text, str):
         return False
     if prefilled_think:
-        if "<think>" in text:
+        if THINK_OPEN in text:
             return False
-        text = "<think>" + text
+        text = THINK_OPEN + text
     if len(_TAG.findall(text)) != 4:
         return False
     m = _STRICT.fullmatch(text)
@@ -52,13 +51,12 @@ def is_boxed_format(text: str) -> bool:
     """True when ``text`` has exactly one balanced, non-empty ``\\boxed{}`` and ends right after it."""
     if not isinstance(text, str) or _TAG.search(text):
         return False
-    boxes = boxed_contents(text)
-    if boxes is None or len(boxes) != 1 or not boxes[0].strip():
+    spans = box_spans(text)
+    if spans is None or len(spans) != 1 or not spans[0][2].strip():
         return False
-    start = text.find("{", _BOX.search(text).end())  # the one top-level box is the first one
-    if start < 0 or text[start + 1 : start + 1 + len(boxes[0])] != boxes[0]:
+    start, end, _ = spans[0]
+    if not text[BOX.match(text, start).end() : end].lstrip(" ").startswith("{"):
         return False  # "\boxed 5" without braces is not the format
-    end = start + len(boxes[0]) + 2  # just after the closing brace
     return _AFTER_BOX.fullmatch(text, end) is not None
 
 
@@ -97,10 +95,10 @@ def tag_count_reward(completions: list[str], prefilled_think: bool = False, **co
         if not isinstance(c, str):
             out.append(0.0)
             continue
-        score = 0.25 * sum(c.count(tag) == 1 for tag in ("</think>", "<answer>", "</answer>"))
+        score = 0.25 * sum(c.count(tag) == 1 for tag in (THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE))
         if prefilled_think:
-            score += 0.25 * ("<think>" not in c)
+            score += 0.25 * (THINK_OPEN not in c)
         else:
-            score += 0.25 * (c.count("<think>") == 1)
+            score += 0.25 * (c.count(THINK_OPEN) == 1)
         out.append(score)
     return out

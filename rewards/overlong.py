@@ -13,7 +13,7 @@ DAPO pairs it with a +1/-1 accuracy reward: ``rewards: {accuracy: 1.0, overlong:
 
 from __future__ import annotations
 
-from rewards import register
+from rewards.registry import register
 
 
 def overlong_penalty(length: int, max_completion_length: int, overlong_buffer: int) -> float:

@@ -42,16 +42,19 @@ def default_workers() -> int:
 
 @dataclass
 class Result:
-    """One job's outcome: ``ok`` (verdict) and ``status``: ok, bad_gold, timeout, error, crash, unavailable."""
+    """One job's outcome: ``ok`` (verdict) and ``status``: ok, bad_gold, unparsable, timeout, error, crash,
+    unavailable; ``error`` (the exception, for ``error``) and ``data`` (a ``call`` job's encoded return value)."""
 
     ok: bool
     status: str
+    error: str | None = None
+    data: str | None = None
 
 
 class _Worker:
-    def __init__(self, memory_mb: int):
+    def __init__(self, memory_mb: int, kind: str = "verify"):
         env = dict(os.environ, GRPO_ZERO_VERIFY_MEM_MB=str(memory_mb), GRPO_ZERO_VERIFY_PARENT=str(os.getpid()),
-                   OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+                   GRPO_ZERO_WORKER_KIND=kind, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, _WORKER_FILE], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, close_fds=True)
         self.fd = self.proc.stdout.fileno()
@@ -92,9 +95,10 @@ class VerifyPool:
     Thread-safe: concurrent callers take turns (each call uses every worker).
     """
 
-    def __init__(self, num_workers: int | None = None, memory_mb: int = DEFAULT_MEMORY_MB):
+    def __init__(self, num_workers: int | None = None, memory_mb: int = DEFAULT_MEMORY_MB, kind: str = "verify"):
         self.num_workers = num_workers or default_workers()
         self.memory_mb = memory_mb
+        self.kind = kind  # "verify" (math-verify) or "call" (reward functions by import path, no memory cap)
         self.workers: list[_Worker] = []
         self.lock = threading.Lock()
         self.pid = os.getpid()
@@ -104,7 +108,7 @@ class VerifyPool:
 
     def _replace(self, w: _Worker) -> None:
         w.kill()
-        self.workers[self.workers.index(w)] = _Worker(self.memory_mb)
+        self.workers[self.workers.index(w)] = _Worker(self.memory_mb, self.kind)
         self.stats["respawns"] += 1
 
     def run(self, jobs: list[dict], deadline_s: float) -> list[Result]:
@@ -120,7 +124,7 @@ class VerifyPool:
             if self.broken:
                 return [Result(False, "unavailable")] * len(jobs)
             while len(self.workers) < self.num_workers:
-                self.workers.append(_Worker(self.memory_mb))
+                self.workers.append(_Worker(self.memory_mb, self.kind))
             pending = deque(range(len(jobs)))
             soft_s = 0.8 * deadline_s  # the worker's own timer: a clean 0 without a restart when sympy is interruptible
             while pending or any(w.job is not None for w in self.workers):
@@ -182,14 +186,15 @@ class VerifyPool:
                 w.ready = True
                 self.failed_starts = 0
             elif w.job is not None:
-                results[w.job] = Result(bool(msg["ok"]), msg["status"])
+                results[w.job] = Result(bool(msg["ok"]), msg["status"], msg.get("error"), msg.get("data"))
                 self.stats["timeouts"] += msg["status"] == "timeout"
                 w.job = None
 
     def _start_failed(self, w: _Worker, why: str) -> None:
         self.failed_starts += 1
         if self.failed_starts >= 3:
-            self.broken = (f"math-verify workers cannot start ({why}); check that `python -c 'import math_verify'` "
+            what = "math-verify" if self.kind == "verify" else "reward"
+            self.broken = (f"{what} workers cannot start ({why}); check that `python -c 'import math_verify'` "
                            "works in this environment")
             print(f"grpo-zero rewards: {self.broken}; math-verify checks now score 0", file=sys.stderr)
             return
@@ -207,6 +212,7 @@ class VerifyPool:
 
 _POOL: VerifyPool | None = None
 _POOL_LOCK = threading.Lock()
+_CALL_POOL: VerifyPool | None = None
 
 
 def get_pool(num_workers: int | None = None) -> VerifyPool:
@@ -224,13 +230,78 @@ def get_pool(num_workers: int | None = None) -> VerifyPool:
         return _POOL
 
 
-def shutdown() -> None:
-    """Stop the pool's workers; the next call starts fresh ones. Registered with ``atexit``."""
-    global _POOL
+def get_call_pool() -> VerifyPool:
+    """The process-wide pool that runs reward functions with a ``deadline_s`` (workers without math-verify and
+    without a memory cap; started on first use)."""
+    global _CALL_POOL
     with _POOL_LOCK:
-        pool, _POOL = _POOL, None
-    if pool is not None:
-        pool.close()
+        if _CALL_POOL is None or _CALL_POOL.pid != os.getpid():
+            _CALL_POOL = VerifyPool(default_workers(), memory_mb=0, kind="call")
+        return _CALL_POOL
+
+
+@dataclass
+class CallResult:
+    """A reward function's outcome on samples ``start:stop`` of a batch, run in a worker: ``status`` ok,
+    timeout, error, crash or unavailable; on ok the values, the counters it ``report``-ed and its per-sample
+    notes; otherwise the error text (if any)."""
+
+    start: int
+    stop: int
+    status: str
+    values: list | None = None
+    counters: dict | None = None
+    notes: list | None = None
+    error: str | None = None
+
+
+def call_reward(path: str, completions: list[str], columns: dict, kwargs: dict, deadline_s: float) -> list[CallResult]:
+    """Run the reward ``path`` (``"module:qualname"``) on a batch in the call pool's workers, each killed after
+    ``deadline_s``.
+
+    The batch is split into one contiguous chunk per worker, run in parallel, so a reward that hangs costs the
+    step about ``deadline_s``, and a chunk that hangs zeroes only its own samples.
+
+    Args:
+        path: import path of the function (the worker imports it, with this process's ``sys.path``).
+        completions: the batch's N completions; columns ({name: N values}) and kwargs as the reward takes them
+            (picklable).
+        deadline_s: hard wall-clock limit per chunk.
+
+    Returns:
+        one :class:`CallResult` per chunk, in order, covering samples 0..N.
+    """
+    import base64
+    import pickle
+
+    pool = get_call_pool()
+    n = len(completions)
+    k = max(1, min(pool.num_workers, n))
+    bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
+    sys_path = [p or os.getcwd() for p in sys.path]
+    jobs = []
+    for a, b in bounds:
+        chunk = (list(completions[a:b]), {key: list(v[a:b]) for key, v in columns.items()}, kwargs)
+        jobs.append({"op": "call", "fn": path, "sys_path": sys_path,
+                     "data": base64.b64encode(pickle.dumps(chunk)).decode()})
+    out = []
+    for (a, b), res in zip(bounds, pool.run(jobs, deadline_s)):
+        if res.status != "ok":
+            out.append(CallResult(a, b, res.status, error=res.error))
+            continue
+        values, counters, notes = pickle.loads(base64.b64decode(res.data))
+        out.append(CallResult(a, b, "ok", values, counters, notes))
+    return out
+
+
+def shutdown() -> None:
+    """Stop the pools' workers; the next call starts fresh ones. Registered with ``atexit``."""
+    global _POOL, _CALL_POOL
+    with _POOL_LOCK:
+        pools, _POOL, _CALL_POOL = (_POOL, _CALL_POOL), None, None
+    for pool in pools:
+        if pool is not None:
+            pool.close()
 
 
 atexit.register(shutdown)

@@ -91,7 +91,7 @@ def test_gsm8k_gold_strips_thousands_separators_and_needs_hashes():
 def test_first_bad_gold_is_an_index_and_a_reason():
     assert first_bad_gold(["1", "2.5", "-3"]) is None
     k, reason = first_bad_gold(["1", "2", None, None])
-    assert k == 2 and reason == "gold answer is None; column 'answer' must hold strings"
+    assert k == 2 and reason == "gold answer None is not a string"
 
 
 # --- tasks over local files ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from grpo.logging import completion_records, format_eval_line, format_step_line
 from grpo.metrics import rollout_metrics_over_ranks
 from grpo.run_record import format_duration, summary_lines
 from grpo.types import StepBatch
+from rewards.accuracy import Reason
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -33,7 +34,7 @@ NEW_TRAIN_KEYS = {"completions/p10_length", "completions/p90_length", "reasoning
                   "reasoning/think_length"}
 DESIGN_EVAL_KEYS = {"eval/accuracy", "eval/mean_length", "eval/format"}
 COMPLETION_KEYS = {"step", "group", "prompt", "completion", "answer", "reward", "rewards", "advantage", "length",
-                   "truncated"}
+                   "truncated", "verdicts"}
 
 
 def read_png_size(path: Path) -> tuple[int, int]:
@@ -76,6 +77,11 @@ def test_short_run_writes_metrics_with_design_names(short_run):
         assert r["completions/p10_length"] <= r["completions/p90_length"] <= r["completions/max_length"]
         assert 0.0 <= r["reasoning/reflection_ratio"] <= 1.0
         assert 0 < r["reasoning/think_length"] < r["completions/mean_length"]  # the block is part of the completion
+        # every accuracy reason code is logged each step, and the counts add up to the step's 16 completions
+        reasons = {k: v for k, v in r.items() if k.startswith("rewards/accuracy/reason/")}
+        assert set(reasons) == {f"rewards/accuracy/reason/{c.value}" for c in Reason}
+        assert sum(reasons.values()) == 16
+        assert reasons["rewards/accuracy/reason/right"] == pytest.approx(16 * r["rewards/accuracy/mean"])
     for r in evals:
         assert DESIGN_EVAL_KEYS <= set(r)
 
@@ -91,6 +97,11 @@ def test_short_run_writes_completions(short_run):
         # the total is the configured weighted sum of the per-reward values (accuracy 1.0, format 0.1)
         assert r["reward"] == pytest.approx(r["rewards"]["accuracy"] + 0.1 * r["rewards"]["format"], abs=1e-5)
         assert r["prompt"].startswith("Q: ") and 1 <= r["length"] <= 80
+        # accuracy says why: its verdict's score is the logged value and its reason is one of the codes
+        verdict = r["verdicts"]["accuracy"]
+        assert verdict["score"] == r["rewards"]["accuracy"]
+        assert verdict["reason"] in {c.value for c in Reason} and (verdict["reason"] == "right") == (verdict["score"] == 1)
+        assert verdict["path"] in {"extract", "guard", "exact", "cas", "cache"}
     # group advantages: within each prompt's 8 completions the advantages sum to ~0
     for step in (1, 3):
         for g in range(2):

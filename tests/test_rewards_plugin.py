@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,21 @@ def myreward(completions, answer, **columns):
 
 def broken(completions, **columns):
     raise RuntimeError("my verifier is broken")
+
+
+@rewards.register("always_one")
+def always_one(completions, **columns):
+    return [1.0] * len(completions)
+
+
+def stuck(completions, **columns):
+    import time
+
+    time.sleep(3600)
 '''
 
 
-def _train(tmp_path: Path, reward_spec: dict) -> subprocess.CompletedProcess:
+def _train(tmp_path: Path, reward_spec: dict, steps: int = 1) -> subprocess.CompletedProcess:
     (tmp_path / "mymod.py").write_text(USER_MODULE)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
@@ -40,7 +52,7 @@ def _train(tmp_path: Path, reward_spec: dict) -> subprocess.CompletedProcess:
     }))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--output_dir", str(tmp_path / "out"),
-           "--max_steps", "1", "--eval_steps", "0", "--per_device_train_batch_size", "16",
+           "--max_steps", str(steps), "--eval_steps", "0", "--per_device_train_batch_size", "16",
            "--save_final_model", "false"]
     return subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
@@ -62,6 +74,21 @@ def test_train_stops_with_one_clear_error_from_a_raising_verifier(tmp_path):
     assert "reward 'mymod:broken' failed on sample 0" in proc.stderr
     assert "RuntimeError: my verifier is broken" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_hanging_verifier_with_deadline_costs_steps_seconds_not_the_run(tmp_path):
+    t0 = time.perf_counter()
+    proc = _train(tmp_path, {"accuracy": 1.0, "mymod:stuck": {"weight": 0.1, "deadline_s": 2}, "mymod:always_one": 0.1},
+                  steps=2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for r in steps:
+        assert r["rewards/mymod:stuck/timeouts"] == 16 and r["rewards/mymod:stuck/mean"] == 0.0
+        assert r["rewards/mymod:always_one/mean"] == 1.0  # a registered name, found through its module
+        assert r["time/reward_s"] < 30
+    assert time.perf_counter() - t0 < 280
 
 
 UNIT_CASES = {

@@ -13,8 +13,7 @@ import random
 
 from grpo.tasks.base import Task
 from grpo.tasks.registry import register_task
-
-THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+from rewards.extract import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
 
 def arithmetic_prompt(nums: list[int]) -> str:

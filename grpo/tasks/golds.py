@@ -7,21 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from grpo.errors import DataError
-
-
-def last_boxed(text: str) -> str | None:
-    r"""Content of the last top-level ``\boxed{...}`` (or ``\fbox{...}``) in ``text``; ``None`` if none.
-
-    Uses the rewards' own box scanner, so a gold is read exactly as an answer is.
-
-    Example:
-        >>> last_boxed(r"so $x = \boxed{\frac{1}{2}}$.")
-        '\\frac{1}{2}'
-    """
-    from rewards.accuracy import boxed_contents
-
-    boxes = boxed_contents(text)
-    return boxes[-1].strip() if boxes else None
+from rewards.extract import last_boxed  # the one box scanner (rewards/extract.py); math.py reads golds with it
 
 
 def gsm8k_gold(solution: str) -> str:
@@ -41,32 +27,24 @@ def check_gold(answer: str) -> str:
     return answer.strip()
 
 
-def first_bad_gold(answers: list[str]) -> tuple[int | None, str] | None:
-    """The first gold the accuracy reward cannot parse, as (index or None, reason); ``None`` when all parse.
+def first_bad_gold(answers: list[str]) -> tuple[int, str] | None:
+    """The first gold the accuracy reward cannot parse, as (index, reason); ``None`` when all parse.
 
-    ``rewards.accuracy.parse_golds`` reports a bad gold as ``ValueError("row i: reason")``; this is the one place
-    that reads that text. The rewards side is moving to structured (index, reason) problems, and then this
-    function returns them as they come.
+    ``rewards.golds.check_golds`` reports problems as structured (index, reason) values; no error text is read.
+
+    Example:
+        >>> first_bad_gold(["1", ""])
+        (1, "gold answer '' is empty")
     """
-    from rewards import accuracy  # rewards import nothing from grpo, so this cannot cycle
+    from rewards.golds import check_golds  # rewards import nothing from grpo, so this cannot cycle
 
-    parse = getattr(accuracy, "parse_golds", None)
-    if parse is None:  # a rewards package without a batch gold parser: nothing to check
-        return None
-    try:
-        parse(answers)
-    except ValueError as e:
-        msg = str(e).splitlines()[0]
-        head, _, reason = msg.partition(":")
-        k = head.removeprefix("row ")
-        if not (msg.startswith("row ") and reason and k.isdigit() and int(k) < len(answers)):
-            return None, msg[:200]
-        return int(k), reason.strip().removesuffix("; fix or drop the row")[:200]
-    return None
+    _, problems = check_golds(answers)
+    return (problems[0].index, problems[0].describe()) if problems else None
 
 
 def validate_golds(rows: list[dict], indices: list[int], source: str, on_bad_row: str) -> tuple[list[dict], list[str]]:
-    """Parse every row's ``answer`` as the accuracy reward will, once, at load time.
+    """Parse every row's ``answer`` as the accuracy reward will, once, at load time (``rewards.golds.check_golds``:
+    problems come back as (index, reason) values, not error text).
 
     Args:
         rows: normalised rows; ``indices[k]`` is row k's index in the raw dataset (for messages).
@@ -75,20 +53,16 @@ def validate_golds(rows: list[dict], indices: list[int], source: str, on_bad_row
         (rows whose gold parses, reasons for the rows dropped). With ``on_bad_row == "error"`` the first bad
         gold raises :class:`DataError` naming its dataset row.
     """
-    rows, indices, dropped = list(rows), list(indices), []
-    while rows:
-        problem = first_bad_gold([r["answer"] for r in rows])
-        if problem is None:
-            break
-        k, reason = problem
-        if k is None:
-            raise DataError(f"{source}: gold answers cannot be parsed: {reason}")
-        if on_bad_row == "error":
-            raise DataError(f"{source}: bad row {indices[k]}: {reason}; fix the data or set "
-                            "task_kwargs.on_bad_row: skip")
-        dropped.append(f"row {indices[k]}: {reason}")
-        del rows[k], indices[k]  # rows before k passed; parse the rest again
-    return rows, dropped
+    from rewards.golds import check_golds  # starts math-verify workers only when a dataset is loaded
+
+    _, problems = check_golds([r["answer"] for r in rows])
+    if problems and on_bad_row == "error":
+        first = problems[0]
+        raise DataError(f"{source}: bad row {indices[first.index]}: {first.describe()}; fix the data or set "
+                        "task_kwargs.on_bad_row: skip")
+    bad = {p.index for p in problems}
+    dropped = [f"row {indices[p.index]}: {p.describe()}" for p in problems]
+    return [r for k, r in enumerate(rows) if k not in bad], dropped
 
 
 GOLD_FORMATS: dict[str, Callable[[Any], str]] = {

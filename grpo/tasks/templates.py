@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from grpo.errors import DataError
+from rewards.spec import parse_spec
 
 # DeepSeek-R1 paper, Table 1, verbatim ({prompt} is the question). The completion starts after "Assistant:".
 R1_TEMPLATE = (
@@ -92,7 +93,7 @@ def check_rewards_match(task: Any, rewards_config: dict) -> None:
     """
     defaults = reward_defaults(task)
     for name, spec in rewards_config.items():
-        kwargs = (spec.get("kwargs") or {}) if isinstance(spec, dict) else {}
+        kwargs = parse_spec(name, spec).kwargs
         for key, want in defaults.get(name, {}).items():
             have = kwargs.get(key, {"answer_format": "r1", "template": "r1", "prefilled_think": False}[key])
             if have != want and have != "auto":
