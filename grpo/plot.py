@@ -36,15 +36,17 @@ class Panel:
     empty_note: str = "not logged"
 
 
+# Top row: what R1-Zero is known for (reward, accuracy, response length, reflection: the "aha moment"); the
+# reflection panel sits next to length so both effects read side by side. Bottom row: diagnostics.
 PANELS: tuple[Panel, ...] = (
     Panel("reward", "reward", ylabel="mean reward"),
     Panel("accuracy", "rewards/accuracy/mean", eval_key="eval/accuracy", ylabel="share correct"),
     Panel("response length", "completions/mean_length", eval_key="eval/mean_length",
           band=("completions/p10_length", "completions/p90_length"), ylabel="tokens (band: p10-p90)"),
-    Panel("think length", "reasoning/think_length", ylabel="tokens in <think>"),
-    Panel("KL to reference", "kl", ylabel="k3 KL", empty_note="not logged (beta = 0: no reference model)"),
-    Panel("entropy", "entropy", ylabel="nats per token"),
     Panel("reflection ratio", "reasoning/reflection_ratio", ylabel="share with reflection words"),
+    Panel("think length", "reasoning/think_length", ylabel="tokens in <think>"),
+    Panel("entropy", "entropy", ylabel="nats per token"),
+    Panel("KL to reference", "kl", ylabel="k3 KL", empty_note="not logged (beta = 0: no reference model)"),
     Panel("clipped ratio", "completions/clipped_ratio", ylabel="share cut at max length"),
 )
 

@@ -6,10 +6,13 @@ import random
 
 import pytest
 
+from grpo.reasoning import has_reflection
 from grpo.tasks import get_task
 from grpo.tasks.arithmetic import (
     arithmetic_prompt,
     make_arithmetic_row,
+    slipped_sum,
+    solution_careful,
     solution_direct,
     solution_malformed,
     solution_steps,
@@ -32,6 +35,36 @@ def test_solutions_score_as_expected():
     rng = random.Random(0)
     bad = [solution_malformed(nums, rng) for _ in range(40)]
     assert all(f == 0.0 for f in format_reward(bad))  # every malformed style breaks the format
+
+
+def test_careful_style_checks_every_line_and_fixes_its_slips():
+    nums = [6, 2, 2, 7]
+    assert solution_careful(nums, random.Random(0)) == \
+        "<think>6+2=8 check\n8+2=10 check\n10+7=17 check</think><answer>17</answer>"
+    rng = random.Random(3)
+    careful = [solution_careful(nums, rng, slip=0.3) for _ in range(200)]
+    caught = [c for c in careful if " wait " in c]
+    assert 100 < len(caught) < 200  # 3 lines at 30%: about 66% of solutions slip at least once
+    for c in caught:  # every line: zero or more wrong attempts, each ending in "wait", then the right one + "check"
+        for line, (a, b) in zip(c.removeprefix("<think>").split("</think>")[0].split("\n"), [(6, 2), (8, 2), (10, 7)]):
+            *slips, last = line.removesuffix(" check").split(" wait ")
+            assert last == f"{a}+{b}={a + b}" and all(s.startswith(f"{a}+{b}=") and s != last for s in slips), line
+    # A caught slip never reaches the answer; every careful solution is right, well formed and reflective.
+    assert accuracy_reward(careful, answer=["17"] * 200) == [1.0] * 200
+    assert format_reward(careful) == [1.0] * 200
+    assert all(has_reflection(c) for c in careful)
+    assert not has_reflection(solution_steps(nums)) and not has_reflection(solution_direct(nums))
+
+
+def test_sloppy_steps_carry_their_slip_to_the_answer():
+    rng = random.Random(1)
+    sloppy = [solution_steps([6, 2, 2, 7], rng, slip=0.3) for _ in range(200)]
+    right = accuracy_reward(sloppy, answer=["17"] * 200)
+    assert 0.2 < sum(right) / 200 < 0.5  # 0.7 ** 3 = 0.34 of them slip nowhere
+    assert format_reward(sloppy) == [1.0] * 200
+    assert solution_steps([6, 2, 2, 7], rng, slip=0.0) == solution_steps([6, 2, 2, 7])
+    slips = {slipped_sum(8, random.Random(i)) for i in range(100)}
+    assert slips == {6, 7, 9, 10, 18}  # off by 1, 2 or a carry (10), never below 1: 8-10 -> 18
 
 
 def test_rows_are_seeded_and_in_range():

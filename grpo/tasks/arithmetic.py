@@ -5,6 +5,8 @@ Sums of 2-8 single-digit numbers written in a 26-token vocabulary, so the bundle
 is expected to think inside ``<think></think>`` and answer inside ``<answer></answer>``.
 ``scripts/make_tiny_base.py`` pretrains the tiny model on completions written by :func:`solution_direct`,
 :func:`solution_steps` and :func:`solution_malformed`, so this file is the single source of the task's text format.
+:func:`solution_careful` (each partial sum checked: ``check``, or ``wait`` and redone) and the slips of
+:func:`solution_steps` are an experimental careful style; the bundled base was not pretrained on them yet.
 """
 
 from __future__ import annotations
@@ -26,13 +28,59 @@ def solution_direct(nums: list[int]) -> str:
     return f"{THINK_OPEN}{THINK_CLOSE}{ANSWER_OPEN}{sum(nums)}{ANSWER_CLOSE}"
 
 
-def solution_steps(nums: list[int]) -> str:
-    """A chain of partial sums: ``<think>6+2=8\\n8+2=10\\n10+7=17</think><answer>17</answer>``."""
+def solution_steps(nums: list[int], rng: random.Random | None = None, slip: float = 0.0) -> str:
+    """A chain of partial sums: ``<think>6+2=8\\n8+2=10\\n10+7=17</think><answer>17</answer>``.
+
+    Args:
+        nums: the terms.
+        rng, slip: with ``slip > 0``, each line's sum is wrong with probability ``slip`` (:func:`slipped_sum`)
+            and the chain carries the wrong partial sum on, so the answer is wrong too (a sloppy writer).
+    """
     total, lines = nums[0], []
     for n in nums[1:]:
-        lines.append(f"{total}+{n}={total + n}")
-        total += n
+        right = total + n
+        written = slipped_sum(right, rng) if rng is not None and rng.random() < slip else right
+        lines.append(f"{total}+{n}={written}")
+        total = written
     return f"{THINK_OPEN}" + "\n".join(lines) + f"{THINK_CLOSE}{ANSWER_OPEN}{total}{ANSWER_CLOSE}"
+
+
+# The careful style's verdicts; both words are in grpo.reasoning.DEFAULT_REFLECTION_WORDS, so
+# reasoning/reflection_ratio counts this style.
+CHECK, WAIT = " check", " wait"
+
+
+def slipped_sum(right: int, rng: random.Random) -> int:
+    """A plausible slip for the partial sum ``right``: off by 1, 2 or 10 (a dropped carry), never below 1."""
+    delta = rng.choice((-10, -2, -1, 1, 2, 10))
+    return right + delta if right + delta >= 1 else right - delta
+
+
+def careful_lines(nums: list[int], rng: random.Random, slip: float = 0.0) -> tuple[str, int]:
+    """The careful style's think text and its total: partial sums, each checked (see :func:`solution_careful`)."""
+    total, lines = nums[0], []
+    for n in nums[1:]:
+        right, line = total + n, ""
+        while True:
+            written = slipped_sum(right, rng) if rng.random() < slip else right
+            line += f"{total}+{n}={written}"
+            if written == right:
+                break
+            line += WAIT + " "  # the check failed: say so and do the line again
+        lines.append(line + CHECK)
+        total = right
+    return "\n".join(lines), total
+
+
+def solution_careful(nums: list[int], rng: random.Random, slip: float = 0.0) -> str:
+    """Partial sums, each re-checked: a right line ends in ``check``, a slip is caught with ``wait`` and redone.
+
+    ``<think>6+2=8 check\\n8+2=11 wait 8+2=10 check\\n10+7=17 check</think><answer>17</answer>``: the same
+    writer as :func:`solution_steps` (each attempt slips with probability ``slip``), but every line is verified
+    before the next, so a slip never reaches the answer.
+    """
+    think, total = careful_lines(nums, rng, slip)
+    return f"{THINK_OPEN}{think}{THINK_CLOSE}{ANSWER_OPEN}{total}{ANSWER_CLOSE}"
 
 
 def solution_malformed(nums: list[int], rng: random.Random) -> str:
