@@ -142,3 +142,42 @@ def test_buckets_and_shared_prompts_give_the_same_update(tmp_path, buckets, shar
     assert len(ga) == len(gb) > 0
     for a, b in zip(ga, gb):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def _reference_logprobs(model, batch, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Log-probs of the sampled tokens from one full forward, under the warped distribution. -> (N, T)."""
+    from grpo.rollout import warp_logits
+
+    ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+    attention = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
+    pos = (attention.cumsum(1) - 1).clamp(min=0)
+    T = batch.completion_ids.size(1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=pos).logits[:, -T - 1 : -1]  # (N, T, V)
+    warped = warp_logits(logits.reshape(-1, logits.size(-1)), temperature, top_k, top_p).view_as(logits)
+    return torch.log_softmax(warped, -1).gather(-1, batch.completion_ids[..., None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("backend", ["compact", "hf"])
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 5, 0.9)])
+def test_sampler_logprobs_are_the_sampling_distribution(tiny, backend, temperature, top_k, top_p):
+    """rollout: sampler_logprobs (N, T) float32 = log-prob of each drawn token under the distribution it was drawn
+    from (temperature, truncation), 0 on padding; greedy decoding reports 0 (a point mass)."""
+    model, tok = tiny
+    torch.manual_seed(0)
+    sampler = make_backend(backend, tok, max_completion_length=24, temperature=temperature, top_k=top_k, top_p=top_p)
+    batch = sampler.generate(model, PROMPTS, 4)
+    logp = batch.sampler_logprobs
+    assert logp is not None and logp.dtype == torch.float32 and logp.shape == batch.completion_ids.shape
+    mask = batch.completion_mask.bool()
+    want = _reference_logprobs(model, batch, temperature, top_k, top_p)
+    assert torch.isfinite(logp[mask]).all() and (logp[mask] <= 0).all()
+    assert torch.allclose(logp[mask], want[mask], atol=2e-4), (logp[mask] - want[mask]).abs().max()
+    assert (logp[~mask] == 0).all()
+    assert (logp[mask] < -1e-3).any()  # not all near-certain tokens: the check has teeth
+    greedy = sampler.generate(model, PROMPTS, 1, greedy=True)
+    assert (greedy.sampler_logprobs == 0).all()
+    # select / concat carry them along with their rows
+    both = concat([select(batch, [1, 0]), select(greedy, [2])], tok.pad_token_id)
+    assert torch.equal(both.sampler_logprobs[0, : batch.completion_ids.size(1)], logp[1])
+    assert (both.sampler_logprobs[2] == 0).all()
