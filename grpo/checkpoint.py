@@ -26,18 +26,24 @@ STATE_FILE = "trainer_state.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
-class _TiedWeightsNote(logging.Filter):
-    """Drop accelerate's "Removed shared tensor {'lm_head.weight'}" warning: safetensors cannot store a tied
-    embedding twice, so the alias is left out and re-tied on load (the exact-resume tests on a tied model check
-    it). A warning on every checkpoint that asks the user to verify something they cannot act on is noise."""
+class _UnactionableSaveWarnings(logging.Filter):
+    """Drop two warnings printed on every checkpoint that a user cannot act on.
+
+    accelerate's "Removed shared tensor {'lm_head.weight'}": safetensors cannot store a tied embedding twice, so
+    the alias is left out and re-tied on load (the exact-resume test on the tied SmolLM2 checks it).
+    DeepSpeed's "Setting accelerator to CPU" (when it is installed, accelerate imports it to save state on a
+    machine without a GPU): that is the intended device.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Removed shared tensor")
+        msg = record.getMessage()
+        return "Removed shared tensor" not in msg and "Setting accelerator to CPU" not in msg
 
 
-_ACCELERATE_SAVE_LOG = logging.getLogger("accelerate.utils.other")
-if not any(isinstance(f, _TiedWeightsNote) for f in _ACCELERATE_SAVE_LOG.filters):
-    _ACCELERATE_SAVE_LOG.addFilter(_TiedWeightsNote())
+for _name in ("accelerate.utils.other", "DeepSpeed"):
+    _log = logging.getLogger(_name)
+    if not any(isinstance(f, _UnactionableSaveWarnings) for f in _log.filters):
+        _log.addFilter(_UnactionableSaveWarnings())
 
 
 def _fsync_dir(path: Path) -> None:
