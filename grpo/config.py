@@ -41,8 +41,9 @@ class GRPOConfig:
 
     # --- model and task
     model_name_or_path: str = _f("models/tiny-base", "Local path or hub name of the base model to train.")
-    gguf_file: str = _f("", "A .gguf file inside model_name_or_path to load instead of safetensors (needs the gguf "
-                            "package): de-quantised to a plain float model; final/ and checkpoints are plain HF folders.")
+    gguf_file: str = _f("", "A .gguf file inside model_name_or_path to load instead of safetensors (needs the "
+                            "gguf package): de-quantised to a plain float model; final/ and checkpoints are plain "
+                            "HF folders.")
     task: str = _f("arithmetic", "Registered task name (grpo.data): where prompts and gold answers come from.")
     task_kwargs: dict = _f({}, "Task-specific options, e.g. {max_terms: 8, num_eval: 256} for arithmetic.")
     rewards: dict = _f(
