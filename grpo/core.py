@@ -480,7 +480,7 @@ class _FusedLinearLogProbs(torch.autograd.Function):
         entropy = hidden.new_empty((M,) if with_entropy else (0,), dtype=dtype)
         for s in range(0, M, chunk_size):
             e = s + chunk_size
-            logits = (hidden[s:e] @ weight.T).to(dtype) / temperature  # (c, V)
+            logits = (hidden[s:e] @ weight.T).to(dtype).div_(temperature)  # (c, V); in place: one chunk buffer
             lse[s:e] = torch.logsumexp(logits, dim=-1)
             out[s:e] = logits.gather(-1, target[s:e, None]).squeeze(-1) - lse[s:e]
             if with_entropy:
@@ -500,11 +500,12 @@ class _FusedLinearLogProbs(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_w else None
         for s in range(0, hidden.size(0), ctx.chunk_size):
             e = s + ctx.chunk_size
-            logits = (hidden[s:e] @ weight.T).to(lse.dtype) / ctx.temperature  # (c, V), recomputed
+            # (c, V) recomputed, then turned in place into g * (onehot - softmax) / temperature: one chunk buffer
+            d = (hidden[s:e] @ weight.T).to(lse.dtype).div_(ctx.temperature)
             g = grad_out[s:e, None].to(lse.dtype)  # (c, 1)
-            d = -g * torch.exp(logits - lse[s:e, None])  # (c, V): g * (onehot - softmax) ...
+            d.sub_(lse[s:e, None]).exp_().mul_(-g)
             d.scatter_add_(-1, target[s:e, None], g)
-            d = (d / ctx.temperature).to(hidden.dtype)  # ... through the 1 / temperature scaling
+            d = d.div_(ctx.temperature).to(hidden.dtype)  # through the 1 / temperature scaling
             if need_h:
                 grad_h[s:e] = d @ weight
             if need_w:
