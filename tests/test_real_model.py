@@ -174,6 +174,7 @@ def test_update_logprobs_match_the_samplers_own(smol, tmp_path):
     """The trainer/inference mismatch: log-probs the update computes for the sampled tokens vs the sampler's own."""
     from grpo.data import render_prompt
     from grpo.trainer import Trainer
+    from grpo.types import StepBatch
 
     folder, _, tok = smol
     _write_sums(tmp_path)
@@ -182,9 +183,10 @@ def test_update_logprobs_match_the_samplers_own(smol, tmp_path):
     torch.manual_seed(0)
     batch = t.backend.generate(t.accelerator.unwrap_model(t.model), prompts, num_generations=4)
     assert batch.sampler_logprobs.shape == batch.completion_ids.shape
+    step_batch = StepBatch(batch, [{}] * len(batch.completions), torch.zeros(len(batch.completions)))
     with torch.no_grad():
         idx = torch.arange(batch.completion_ids.size(0))
-        update, _ = t.completion_logprobs(t.model, batch, idx)
+        update, _ = t.completion_logprobs(t.model, step_batch, idx)  # what the update computes (fused lm_head)
     mask = batch.completion_mask[:, : update.size(1)].bool()
     diff = (update - batch.sampler_logprobs[:, : update.size(1)].to(update.dtype)).abs()[mask]
     print(f"\nsampler vs update log-prob max |diff| = {diff.max().item():.2e} over {int(mask.sum())} tokens (fp32 CPU)")
