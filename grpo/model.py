@@ -1,8 +1,9 @@
 """Loading the policy (and, when ``beta > 0``, the reference model) and its tokenizer; saving the result.
 
-Options (all in :class:`GRPOConfig`): ``dtype``, ``attn_implementation``, ``gradient_checkpointing``,
-``trust_remote_code`` (off by default) and LoRA through peft (``use_peft``, ``lora_r``, ``lora_alpha``,
-``lora_dropout``, ``lora_target_modules``).
+Options (all in :class:`GRPOConfig`): ``gguf_file`` (a llama.cpp GGUF file in ``model_name_or_path``, loaded
+through transformers' own GGUF support and de-quantised to a plain float model), ``dtype``,
+``attn_implementation``, ``gradient_checkpointing``, ``trust_remote_code`` (off by default) and LoRA through peft
+(``use_peft``, ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_target_modules``).
 
 Precision. ``dtype: auto`` keeps weights that train in float32 and lets accelerate compute in bf16
 (``--mixed_precision bf16``): an AdamW step at lr 1e-6 is about 1e-6 in absolute size, far below bf16's
@@ -68,6 +69,41 @@ def _load_error(what: str, name: str, e: Exception) -> ModelLoadError:
     )
 
 
+def check_gguf(folder: str, gguf_file: str) -> None:
+    """Config-time check of a ``gguf_file`` option: the file is in ``folder`` and the ``gguf`` package is installed.
+
+    Raises:
+        ConfigError: one line naming the problem and the fix.
+    """
+    path = Path(resolve_model_path(folder)) / gguf_file
+    if not gguf_file.endswith(".gguf"):
+        raise ConfigError(f"gguf_file {gguf_file!r} is not a .gguf file; give the file's name inside model_name_or_path")
+    if not path.is_file():
+        raise ConfigError(f"gguf_file {path} does not exist; model_name_or_path must be the folder holding the .gguf "
+                          "file and gguf_file its name inside it")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ConfigError("gguf_file needs the gguf package: pip install gguf") from None
+
+
+def _gguf_kwargs(gguf_file: str) -> dict[str, Any]:
+    return {"gguf_file": gguf_file} if gguf_file else {}
+
+
+def _drop_quantization_marker(model: PreTrainedModel) -> None:
+    """A GGUF file loads de-quantised into ordinary float weights, but transformers still marks the model as
+    quantised, so ``save_pretrained`` refuses it and the config would name a quantisation. Drop the marker so
+    the model trains, checkpoints and saves as the plain model it is (``final/`` then loads without GGUF)."""
+    packed = [n for n, m in model.named_modules() if type(m).__name__.lower().startswith("gguf")]
+    if packed:  # kept in GGUF blocks (a matmul kernel was found): not trainable as float weights
+        raise ModelLoadError(f"the GGUF model kept {len(packed)} layers packed ({packed[0]}...); training needs it "
+                             "de-quantised: uninstall the `kernels` package or convert the file to safetensors first")
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
 def load_tokenizer(cfg: GRPOConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token (EOS when the model has none).
 
@@ -76,7 +112,8 @@ def load_tokenizer(cfg: GRPOConfig) -> PreTrainedTokenizerBase:
     """
     name = cfg.model_name_or_path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=cfg.trust_remote_code,
+                                                  **_gguf_kwargs(cfg.gguf_file))
     except (OSError, ValueError, ImportError) as e:
         raise _load_error("tokenizer", name, e) from None
     if tokenizer.pad_token is None:
@@ -89,9 +126,13 @@ def _from_pretrained(cfg: GRPOConfig, dtype: torch.dtype) -> PreTrainedModel:
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     try:
-        return AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model_name_or_path), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model_name_or_path), **kwargs,
+                                                     **_gguf_kwargs(cfg.gguf_file))
     except (OSError, ValueError, ImportError) as e:
         raise _load_error("model", cfg.model_name_or_path, e) from None
+    if cfg.gguf_file:
+        _drop_quantization_marker(model)
+    return model
 
 
 def load_policy(cfg: GRPOConfig) -> PreTrainedModel:
@@ -313,8 +354,10 @@ def _merge_saved_adapter(folder: str) -> None:
 
 
 def load_for_eval(name: str, dtype: str = "auto", trust_remote_code: bool = False,
-                  attn_implementation: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A saved model for evaluation: a full model folder, a LoRA adapter folder, or a hub name.
+                  attn_implementation: str | None = None,
+                  gguf_file: str = "") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A saved model for evaluation: a full model folder, a LoRA adapter folder, a hub name, or (``gguf_file``)
+    a GGUF file inside the folder ``name``.
 
     Raises:
         ModelLoadError: the name cannot be reached.
@@ -324,6 +367,9 @@ def load_for_eval(name: str, dtype: str = "auto", trust_remote_code: bool = Fals
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if gguf_file:
+        check_gguf(name, gguf_file)
+        kwargs["gguf_file"] = gguf_file
     try:
         if (Path(path) / "adapter_config.json").is_file():
             from peft import AutoPeftModelForCausalLM
@@ -331,7 +377,9 @@ def load_for_eval(name: str, dtype: str = "auto", trust_remote_code: bool = Fals
             model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            if gguf_file:
+                _drop_quantization_marker(model)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **_gguf_kwargs(gguf_file))
     except (OSError, ValueError, ImportError) as e:
         raise _load_error("model", name, e) from None
     if tokenizer.pad_token is None:

@@ -9,7 +9,9 @@ Notation: B prompts, G = num_generations, N = B x G sequences (a prompt's G rows
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -53,17 +55,49 @@ def micro_batches(prompt_mask: Tensor, completion_mask: Tensor, G: int, pieces: 
     return [r.to(prompt_mask.device) for r in torch.tensor_split(rows, splits)]
 
 
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+@contextlib.contextmanager
+def lm_head_bypassed(model: torch.nn.Module, enabled: bool = True) -> Iterator[Tensor | None]:
+    """Context in which ``model(...).logits`` are the final hidden states (n, T, H) instead of (n, T, V) logits.
+
+    Yields the output projection's weight (V, H) so the caller can apply it fused with the log-softmax
+    (:func:`grpo.core.fused_linear_logprobs`), or ``None`` (and leaves the model alone) when that would not be
+    the same computation: a head that is not a plain bias-free ``nn.Linear`` (e.g. a LoRA adapter on it),
+    logit soft-capping or scaling after the head, or ``enabled`` False (sharded weights under ZeRO-3 / FSDP).
+    ``model`` is the unwrapped module (a peft model is fine); the patched head is shared with any DDP wrapper
+    around it, which still sees one ordinary forward call.
+    """
+    inner = model
+    head = inner.get_output_embeddings() if enabled and hasattr(inner, "get_output_embeddings") else None
+    config = getattr(inner, "config", None)
+    rescaled = any(getattr(config, k, None) not in (None, 1, 1.0) for k in
+                   ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    if type(head) is not torch.nn.Linear or head.bias is not None or rescaled:
+        yield None
+        return
+    head.forward = _identity  # instance attribute: shadows nn.Linear.forward for this call only
+    try:
+        yield head.weight
+    finally:
+        del head.forward
+
+
 def completion_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                         completion_mask: Tensor, *, temperature: float, group_size: int | None = None,
                         inner: torch.nn.Module | None = None, with_entropy: bool = False, top_k: int = 0,
-                        top_p: float = 1.0) -> tuple[Tensor, Tensor | None]:
+                        top_p: float = 1.0, lm_head_chunk_size: int = 0) -> tuple[Tensor, Tensor | None]:
     """Log-probs of the sampled completion tokens. -> (n, T') and entropy (n, T') or None.
 
     The rows are trimmed to their own widths first (P' = longest real prompt, T' = longest completion among
     them), so a micro-batch of short sequences costs what short sequences need. With ``group_size`` G (rows in
     whole groups of G identical prompts), each prompt runs once and its KV cache (with gradient) serves its G
     completions: same values and gradient, fewer FLOPs. Only the T' completion positions get logits, and
-    log-softmax runs in chunks.
+    log-softmax runs in chunks. With ``lm_head_chunk_size`` > 0 the model returns hidden states and the lm_head is
+    applied fused with the log-softmax, that many tokens at a time (:func:`grpo.core.fused_linear_logprobs`), so
+    (n, T', V) logits never exist.
 
     Args:
         model: the (possibly wrapped, e.g. DDP) causal LM.
@@ -75,20 +109,29 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask:
         with_entropy: also return the per-token entropy (detached), of the untruncated distribution.
         top_k, top_p: the sampler's truncation: the log-probs are those of the truncated, renormalised
             distribution the tokens were drawn from (``grpo.sampling.truncate_like_sampler``).
+        lm_head_chunk_size: tokens per chunk of the fused lm_head + log-softmax; 0 computes all logits at once.
+            Pass 0 when the weights are sharded (ZeRO-3 / FSDP): the head's weight is then not whole. Truncated
+            sampling (top-k / top-p) needs the full logits, so it uses the unfused path.
     """
     P = int(prompt_mask.sum(dim=1).max().item())
     T = max(int(completion_mask.sum(dim=1).max().item()), 1)
     prompt_ids, completion_ids = prompt_ids[:, -P:], completion_ids[:, :T]
     prompt_mask, completion_mask = prompt_mask[:, -P:], completion_mask[:, :T]
-    if group_size:
-        logits = shared_prefix_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size,
-                                      inner=inner)
-    else:
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (n, P' + T')
-        attention = torch.cat([prompt_mask, completion_mask], dim=1)
-        position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
-        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                       logits_to_keep=T + 1).logits[:, :-1]  # (n, T', V): position t predicts token t
+    # With the lm_head bypassed the "logits" below are hidden states (n, T', H).
+    fused = lm_head_chunk_size > 0 and not (top_k or top_p < 1.0)
+    with lm_head_bypassed(model if inner is None else inner, fused) as head_weight:
+        if group_size:
+            logits = shared_prefix_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size,
+                                          inner=inner)
+        else:
+            input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (n, P' + T')
+            attention = torch.cat([prompt_mask, completion_mask], dim=1)
+            position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
+            logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                           logits_to_keep=T + 1).logits[:, :-1]  # (n, T', V): position t predicts token t
+    if head_weight is not None:
+        return core.fused_linear_logprobs(logits, head_weight, completion_ids, temperature, lm_head_chunk_size,
+                                          with_entropy)
     logits = logits / temperature
     entropy = core.entropy_from_logits(logits.detach()) if with_entropy else None
     if top_k or top_p < 1.0:

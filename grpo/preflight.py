@@ -71,6 +71,11 @@ def check_model(cfg: GRPOConfig) -> None:
     from grpo.model import resolve_model_path
 
     name = cfg.model_name_or_path
+    if cfg.gguf_file:
+        from grpo.model import check_gguf  # the GGUF file's own checks live with its loader
+
+        check_gguf(name, cfg.gguf_file)
+        return
     path = resolve_model_path(name)
     looks_local = name.startswith((".", "/", "~", "models/")) or name.count("/") > 1
     if not Path(path).exists():

@@ -82,6 +82,8 @@ class Trainer:
             enable_sleep_mode=cfg.vllm_enable_sleep_mode, decode_dtype=decode_dtype)
         # Gradient checkpointing turns the KV cache off in training, which prompt sharing needs.
         self.share_prompts = cfg.share_prompt_forward and not cfg.gradient_checkpointing
+        # ZeRO-3 / FSDP shard the lm_head weight: the fused head needs it whole, so it computes all logits there.
+        self.sharded_weights = self.accelerator.distributed_type.name in ("DEEPSPEED", "FSDP")
         self.logger = MetricsLogger(cfg, acc)
         self.bad_steps = 0  # consecutive steps whose update was dropped as non-finite
 
@@ -97,7 +99,7 @@ class Trainer:
             model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx],
             temperature=self.cfg.temperature, group_size=G if share else None,
             inner=self.accelerator.unwrap_model(model), with_entropy=with_entropy, top_k=self.cfg.top_k,
-            top_p=self.cfg.top_p)
+            top_p=self.cfg.top_p, lm_head_chunk_size=0 if self.sharded_weights else self.cfg.lm_head_chunk_size)
 
     def sample_round(self) -> tuple[StepBatch, dict[str, float]]:
         """Sample B prompts, G completions each, and score them. -> batch of N with rewards, round metrics."""

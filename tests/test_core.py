@@ -19,6 +19,7 @@ import torch
 from grpo.core import (
     compute_advantages,
     entropy_from_logits,
+    fused_linear_logprobs,
     group_reward_std,
     k3_kl,
     policy_loss,
@@ -591,3 +592,43 @@ def test_sampling_correction_hand_values() -> None:
     close(sampling_correction_weights(old, nan, mask, "token_truncate", clip_max=3.0)[0], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="known: sequence_mask, sequence_truncate, token_mask, token_truncate"):
         sampling_correction_weights(old, sampler, mask, "token")
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 512])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_linear_logprobs_matches_full_logits(chunk_size, temperature):
+    """lm_head fused into the chunked log-softmax: same log-probs, entropy and gradients (hidden and weight) as
+    the full (n, T, V) logits path, float64 so the comparison is tight."""
+    torch.manual_seed(0)
+    n, T, H, V = 3, 7, 16, 50
+    hidden = torch.randn(n, T, H, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(V, H, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(V, (n, T))
+    upstream = torch.randn(n, T, dtype=torch.float64)  # a non-uniform upstream gradient, like a real loss
+
+    logp_full = torch.log_softmax(hidden @ weight.T / temperature, dim=-1)  # (n, T, V)
+    want = logp_full.gather(-1, target[..., None]).squeeze(-1)
+    want_entropy = -(logp_full.exp() * logp_full).sum(-1)
+    want_gh, want_gw = torch.autograd.grad((want * upstream).sum(), (hidden, weight))
+
+    got, entropy = fused_linear_logprobs(hidden, weight, target, temperature, chunk_size, with_entropy=True)
+    got_gh, got_gw = torch.autograd.grad((got * upstream).sum(), (hidden, weight))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(entropy, want_entropy, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_gh, want_gh, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_gw, want_gw, rtol=0, atol=1e-12)
+    assert not entropy.requires_grad
+
+
+def test_fused_linear_logprobs_frozen_weight_and_bad_shapes():
+    """A frozen lm_head (LoRA) gets no gradient and the hidden states still do; shapes are checked."""
+    hidden = torch.randn(2, 3, 4, requires_grad=True)
+    weight = torch.randn(9, 4)
+    target = torch.randint(9, (2, 3))
+    logp, entropy = fused_linear_logprobs(hidden, weight, target, chunk_size=2)
+    assert entropy is None
+    logp.sum().backward()
+    want = torch.autograd.grad(torch.log_softmax(hidden @ weight.T, -1).gather(-1, target[..., None]).sum(), hidden)[0]
+    torch.testing.assert_close(hidden.grad, want)
+    with pytest.raises(ValueError, match="must be"):
+        fused_linear_logprobs(hidden, weight, target[:, :2])

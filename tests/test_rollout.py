@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.config import load_config
+from grpo.policy import lm_head_bypassed
 from grpo.rollout import CompactSampler, HFGenerateBackend, concat, make_backend, sample_next, select
 from grpo.trainer import Trainer
 
@@ -104,17 +105,23 @@ def test_unknown_backend_lists_known(tiny):
         make_backend("nope", tiny[1], max_completion_length=8)
 
 
-@pytest.mark.parametrize("buckets, share", [("4", "false"), ("1", "true"), ("4", "true")])
-def test_buckets_and_shared_prompts_give_the_same_update(tmp_path, buckets, share):
-    """Length buckets (trimmed padding) and one prompt pass per group change the cost, not the gradient."""
+@pytest.mark.parametrize("buckets, share, chunk", [("4", "false", "0"), ("1", "true", "0"), ("4", "true", "0"),
+                                                   ("1", "false", "7"), ("4", "true", "512")])
+def test_buckets_and_shared_prompts_give_the_same_update(tmp_path, buckets, share, chunk):
+    """Length buckets (trimmed padding), one prompt pass per group and the lm_head fused with the log-softmax in
+    token chunks (lm_head_chunk_size > 0) change the cost, not the gradient."""
     results = []
-    for n_buckets, shared in (("1", "false"), (buckets, share)):  # the plain update first, then the variant
+    # the plain update first (all logits at once), then the variant
+    for n_buckets, shared, chunk_size in (("1", "false", "0"), (buckets, share, chunk)):
         torch.manual_seed(0)
         cfg = load_config(["--per_device_train_batch_size", "32", "--eval_steps", "0", "--task_kwargs",
-                           "{num_eval: 8}", "--output_dir", str(tmp_path / f"{n_buckets}{shared}"),
+                           "{num_eval: 8}", "--output_dir", str(tmp_path / f"{n_buckets}{shared}{chunk_size}"),
                            "--update_buckets", n_buckets, "--share_prompt_forward", shared, "--num_generations", "4",
-                           "--save_final_model", "false", "--learning_rate", "1e-3"])
+                           "--save_final_model", "false", "--learning_rate", "1e-3",
+                           "--lm_head_chunk_size", chunk_size])
         t = Trainer(cfg)
+        with lm_head_bypassed(t.accelerator.unwrap_model(t.model)) as head_weight:
+            assert head_weight is not None  # the fused path is really taken on this model
         grads = []
         real_step = t._optimizer_step
 
@@ -201,3 +208,5 @@ def test_hf_static_cache_path_reuses_shapes_and_matches_compact(tiny, caplog):
         hf.generate(model, PROMPTS, 1, greedy=True, max_new_tokens=300)  # needs a longer cache
     assert hf.compiled_shapes == {(8, 256), (8, 512)}
     assert "new decode shape (batch 8, cache 512)" in caplog.text
+
+

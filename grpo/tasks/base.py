@@ -101,6 +101,7 @@ class Task:
         render: ``(row, tokenizer) -> row with "prompt"``; ``None`` when rows carry their prompt already.
         template: the prompt template of a dataset task (``None``: the task's own prompt).
         prefill_think: prompts end inside ``<think>``.
+        system_prompt: the ``chat`` template's system prompt (a name such as ``r1`` sets the reward defaults).
         stats: row counts (``train_rows``, ``eval_rows``, ``bad_rows_skipped``).
         columns: the columns every row carries (besides ``prompt``), passed to rewards.
     """
@@ -113,6 +114,7 @@ class Task:
     render: Render | None = None
     template: str | None = None
     prefill_think: bool = False
+    system_prompt: str | None = None
     stats: dict[str, int] = field(default_factory=dict)
     columns: tuple[str, ...] = ()
 

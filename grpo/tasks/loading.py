@@ -183,6 +183,7 @@ def dataset_task(name: str, spec: DatasetSpec, normalize: Callable[[dict], dict 
 
     columns = tuple(dict.fromkeys(k for row in (train[:1] + evals[:1]) for k in row))
     return Task(name, evals, train=train, render=render, template=spec.template, prefill_think=spec.prefill_think,
+                system_prompt=spec.system_prompt,
                 stats={"train_rows": len(train), "eval_rows": len(evals), "bad_rows_skipped": bad + eval_bad},
                 columns=columns)
 

@@ -25,6 +25,14 @@ QWEN_MATH_TEMPLATE = (
     "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 )
 TEMPLATES = ("r1", "qwen_math", "chat", "plain")
+# Named system prompts for ``template: chat`` (instruct models): an instruct model given only the question
+# writes neither tags nor a box, so every rule reward is 0. ``r1``: the R1 instruction (answer in
+# <think>/<answer> tags; rewards default to answer_format r1, format template r1). ``qwen_math``: the boxed
+# instruction (rewards default to answer_format boxed, format template boxed). Any other string is used as is.
+SYSTEM_PROMPTS = {
+    "r1": R1_TEMPLATE.split(" User: {prompt}")[0],
+    "qwen_math": "Please reason step by step, and put your final answer within \\boxed{}.",
+}
 
 
 def render_prompt(question: str, template: str = "r1", tokenizer: Any = None, system_prompt: str | None = None,
@@ -37,7 +45,8 @@ def render_prompt(question: str, template: str = "r1", tokenizer: Any = None, sy
             template, for instruct models), ``plain`` (the question alone), or a custom string holding
             ``{question}``.
         tokenizer: needed for ``chat`` only.
-        system_prompt: optional system message for ``chat``.
+        system_prompt: optional system message for ``chat``: a name from ``SYSTEM_PROMPTS`` (``r1``,
+            ``qwen_math``) or the text itself.
         prefill_think: end the prompt with ``<think>`` so the completion starts inside the think block
             (TinyZero, Open-Reasoner-Zero). Configure the format reward to match.
 
@@ -56,6 +65,7 @@ def render_prompt(question: str, template: str = "r1", tokenizer: Any = None, sy
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise DataError("template 'chat' needs a tokenizer with a chat_template; use an instruct model or "
                             "template r1 / qwen_math for base models")
+        system_prompt = SYSTEM_PROMPTS.get(system_prompt, system_prompt) if system_prompt else None
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
             {"role": "user", "content": question}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -75,9 +85,12 @@ def reward_defaults(task: Any) -> dict[str, dict]:
     ``qwen_math`` prompts ask for ``\\boxed{}``: ``answer_format: boxed`` and format ``template: boxed``. A
     prefilled ``<think>`` means the completion starts inside the think block: format ``prefilled_think: true``.
     """
-    if task.template == "qwen_math":
+    style = task.template
+    if style == "chat":  # a named system prompt (r1, qwen_math) asks for that answer style
+        style = getattr(task, "system_prompt", None)
+    if style == "qwen_math":
         answer, fmt = {"answer_format": "boxed"}, {"template": "boxed"}
-    elif task.template == "r1":
+    elif style == "r1":
         answer, fmt = {"answer_format": "r1"}, {"template": "r1", "prefilled_think": task.prefill_think}
     else:
         return {}
