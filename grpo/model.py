@@ -256,6 +256,25 @@ def full_weights(model: torch.nn.Module, accelerator: Any) -> Iterator[torch.nn.
             m.reshard()
 
 
+def optimizer_step(accelerator: Any, model: torch.nn.Module, optimizer: Any, scheduler: Any,
+                   max_grad_norm: float) -> tuple[float, bool]:
+    """Clip, then step, unless the gradient is not finite: then drop it (Adam state untouched). -> (norm, stepped).
+
+    ``max_grad_norm`` 0 turns clipping off; the norm is still computed (clipping with an infinite bound returns it),
+    which is what the finiteness check needs. It is computed after DDP's all-reduce, so every rank takes the same
+    branch.
+    """
+    import math
+
+    norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf))
+    ok = math.isfinite(norm)
+    if ok:
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, ok
+
+
 def build_optimizer(cfg: GRPOConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW over the trainable parameters and the ``lr_scheduler_type`` schedule over every optimizer step."""
     from transformers import get_scheduler

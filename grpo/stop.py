@@ -1,7 +1,6 @@
-"""Stopping on request: SIGINT/SIGTERM finish the current step, save a checkpoint and exit 0.
-
-A second signal exits at once. All ranks agree on stopping at the same step (one all-reduce), so every rank
-saves the same checkpoint.
+"""Stopping: on request (SIGINT/SIGTERM finish the current step, save a checkpoint and exit 0; a second signal
+exits at once; all ranks agree on the step, so every rank saves the same checkpoint) and after too many
+non-finite steps in a row.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from grpo.errors import TrainingError
 
 
 class StopRequest:
@@ -48,3 +49,16 @@ class StopRequest:
         """True on every rank if any rank was signalled (so all ranks save and stop at the same step)."""
         flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
         return accelerator.reduce(flag, reduction="sum").item() > 0
+
+
+def count_bad_steps(bad_steps: int, metrics: dict[str, float], max_bad_steps: int, step: int) -> int:
+    """Steps in a row whose update was dropped as non-finite, after this step's ``metrics``.
+
+    Raises:
+        TrainingError: ``max_bad_steps`` (> 0) such steps in a row: one line saying what to do.
+    """
+    bad_steps = bad_steps + 1 if metrics.get("skipped_nonfinite", 0) > 0 else 0
+    if max_bad_steps and bad_steps >= max_bad_steps:
+        raise TrainingError(f"stopping at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient "
+                            "and were skipped; lower learning_rate, check the rewards, or resume from the last checkpoint")
+    return bad_steps

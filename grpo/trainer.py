@@ -12,7 +12,6 @@ tokens.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from grpo import core, metrics, policy
 from grpo.checkpoint import load_checkpoint, resolve_resume, restore_logs, save_checkpoint, write_errors
 from grpo.config import GRPOConfig
 from grpo.dynamic_sampling import advantages_over_ranks, any_rank, collect
-from grpo.errors import TrainingError
 from grpo.evaluate import eval_options, evaluate
 from grpo.logging import MetricsLogger, completion_records, tracker_names
 from grpo.model import (
@@ -34,16 +32,17 @@ from grpo.model import (
     load_reference,
     load_tokenizer,
     make_accelerator,
+    optimizer_step,
     reference_context,
     resolve_dtype,
     resolve_model_path,
     save_final,
 )
 from grpo.precision import decode_copy_dtype, plan_for_run
-from grpo.rollout import make_backend
+from grpo.rollout import backend_for_run
 from grpo.run_record import logged_eval
 from grpo.sampling import sampling_correction_enabled, sampling_weights
-from grpo.stop import StopRequest
+from grpo.stop import StopRequest, count_bad_steps
 from grpo.tasks import Task, get_task
 from grpo.types import StepBatch, UpdateStats
 from rewards.combine import build_rewards, score
@@ -73,13 +72,7 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = acc.prepare(model, *build_optimizer(cfg, model))
         decode_dtype = decode_copy_dtype(self.precision, acc)
         self.sampling_correction = sampling_correction_enabled(cfg, decode_dtype is not None)
-        self.backend = make_backend(
-            cfg.rollout_backend, self.tokenizer, max_completion_length=cfg.max_completion_length,
-            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, generation_kwargs=cfg.generation_kwargs,
-            prompt_bucket=cfg.prompt_bucket, compile_generation=cfg.compile_generation,
-            model_name_or_path=resolve_model_path(cfg.model_name_or_path),
-            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed,  # vllm adds the rank
-            enable_sleep_mode=cfg.vllm_enable_sleep_mode, decode_dtype=decode_dtype)
+        self.backend = backend_for_run(cfg, self.tokenizer, resolve_model_path(cfg.model_name_or_path), decode_dtype)
         # Gradient checkpointing turns the KV cache off in training, which prompt sharing needs.
         self.share_prompts = cfg.share_prompt_forward and not cfg.gradient_checkpointing
         # ZeRO-3 / FSDP shard the lm_head weight: the fused head needs it whole, so it computes all logits there.
@@ -197,18 +190,8 @@ class Trainer:
         return stats
 
     def _optimizer_step(self) -> tuple[float, bool]:
-        """Clip, then step, unless the gradient is not finite: then drop it (Adam state untouched). -> (norm, stepped)."""
-        cfg = self.cfg
-        # clip with an infinite bound still returns the norm, which is what the finiteness check needs.
-        norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(),
-                                                      cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf))
-        # The norm is computed after DDP's all-reduce, so every rank takes the same branch.
-        ok = math.isfinite(norm)
-        if ok:
-            self.optimizer.step()
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norm, ok
+        """Clip, then step unless the gradient is not finite (grpo.model.optimizer_step). -> (norm, stepped)."""
+        return optimizer_step(self.accelerator, self.model, self.optimizer, self.scheduler, self.cfg.max_grad_norm)
 
     def step(self, step: int) -> dict[str, float]:
         """One GRPO step; returns this step's metrics (over all ranks)."""
@@ -281,7 +264,7 @@ class Trainer:
             for step in range(start_step + 1, cfg.max_steps + 1):
                 m = self.step(step)
                 self.logger.log(step, m)
-                self._check_bad_steps(step, m)
+                self.bad_steps = count_bad_steps(self.bad_steps, m, cfg.max_bad_steps, step)
                 if cfg.eval_steps and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
                     last_eval = self.evaluate()
                     self.logger.log(step, last_eval)
@@ -311,11 +294,3 @@ class Trainer:
         """Atomic ``output_dir/checkpoint-<step>`` with everything exact resume needs (all ranks call this)."""
         state = {"stream": self.stream.state_dict(), "bad_steps": self.bad_steps}
         return save_checkpoint(self.accelerator, self.cfg.output_dir, step, state, self.cfg.save_total_limit, self.model)
-
-    def _check_bad_steps(self, step: int, metrics: dict[str, float]) -> None:
-        """Count steps in a row whose update was dropped as non-finite; stop after ``max_bad_steps``."""
-        self.bad_steps = self.bad_steps + 1 if metrics.get("skipped_nonfinite", 0) > 0 else 0
-        if self.cfg.max_bad_steps and self.bad_steps >= self.cfg.max_bad_steps:
-            raise TrainingError(
-                f"stopping at step {step}: {self.bad_steps} steps in a row had a non-finite loss or gradient and were "
-                "skipped; lower learning_rate, check the rewards, or resume from the last checkpoint")

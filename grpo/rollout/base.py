@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -241,3 +242,14 @@ def concat(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
         [c for b in batches for c in b.completions],
         torch.cat([_pad_to(b.sampler_logprobs, T, 0, left=False) for b in batches]) if with_logp else None,
     )
+
+
+def backend_for_run(cfg: Any, tokenizer: PreTrainedTokenizerBase, model_path: str, decode_dtype: Any = None) -> _Backend:
+    """The rollout backend a run's config asks for (``cfg`` is a ``GRPOConfig``, read but not imported here;
+    ``model_path`` the resolved model folder, which vLLM loads itself)."""
+    return make_backend(
+        cfg.rollout_backend, tokenizer, max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
+        top_p=cfg.top_p, top_k=cfg.top_k, generation_kwargs=cfg.generation_kwargs, prompt_bucket=cfg.prompt_bucket,
+        compile_generation=cfg.compile_generation, model_name_or_path=model_path,
+        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed,  # vllm adds the rank
+        enable_sleep_mode=cfg.vllm_enable_sleep_mode, decode_dtype=decode_dtype)
