@@ -121,13 +121,30 @@ def load_tokenizer(cfg: GRPOConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+@contextlib.contextmanager
+def quiet_progress(enabled: bool = True) -> Any:
+    """transformers' per-file progress bars ("Loading weights", "Writing model shards") off for the block: for a
+    local folder they flash by on every load and save and say nothing a user can act on. Downloads keep theirs."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if enabled and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled and was_on:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(cfg: GRPOConfig, dtype: torch.dtype) -> PreTrainedModel:
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    path = resolve_model_path(cfg.model_name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model_name_or_path), **kwargs,
-                                                     **_gguf_kwargs(cfg.gguf_file))
+        with quiet_progress(Path(path).is_dir()):
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_gguf_kwargs(cfg.gguf_file))
     except (OSError, ValueError, ImportError) as e:
         raise _load_error("model", cfg.model_name_or_path, e) from None
     if cfg.gguf_file:
@@ -348,13 +365,16 @@ def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: 
         kind = "merged" if merge else "adapter"
         if merge and not sharded:
             if main:
-                inner.merge_and_unload().save_pretrained(out)  # the run is over: merging in place is fine
+                with quiet_progress():
+                    inner.merge_and_unload().save_pretrained(out)  # the run is over: merging in place is fine
         elif main:
-            inner.save_pretrained(out, state_dict=state_dict)
+            with quiet_progress():
+                inner.save_pretrained(out, state_dict=state_dict)
             if merge:  # weights were sharded: merge from the saved adapter on the main process, on CPU
                 _merge_saved_adapter(out)
     elif main:
-        inner.save_pretrained(out, state_dict=state_dict)
+        with quiet_progress():
+            inner.save_pretrained(out, state_dict=state_dict)
     if main:
         tokenizer.save_pretrained(out)
     if accelerator is not None:

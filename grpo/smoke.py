@@ -270,5 +270,6 @@ def apply_smoke(cfg: GRPOConfig) -> GRPOConfig:
     )
     if os.environ.get("RANK", "0") == "0":
         print(f"smoke: a tiny random {architecture(cfg.model_name_or_path).get('model_type', 'model')} stands in for "
-              f"{cfg.model_name_or_path}; generated {cfg.task} rows; {SMOKE_STEPS} steps -> {folder}", flush=True)
+              f"{cfg.model_name_or_path}; generated {cfg.task} rows; {SMOKE_STEPS} steps (overrides max_steps, batch "
+              f"shape and lengths) -> {folder}", flush=True)
     return smoke

@@ -8,7 +8,7 @@ A model this small cannot add eight digits in one shot but can add two at a time
 answers are right far more often than its direct ones: GRPO has something real to discover (R1-Zero's
 "longer reasoning pays" in miniature).
 
-Usage: ``python scripts/make_tiny_base.py [--out models/tiny-base] [--steps 1000]`` (about 10 minutes on
+Usage: ``python scripts/make_tiny_base.py [--out models/tiny-base] [--steps 1000]`` (about 5-6 minutes on
 one CPU core). Same seed, same torch version -> same weights.
 """
 
