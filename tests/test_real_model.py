@@ -113,19 +113,21 @@ def test_gguf_loads_as_plain_llama_and_final_folder_loads_without_gguf(smol):
 
 
 def test_gguf_option_errors_are_one_line(gguf, tmp_path):
+    from grpo.preflight import prepare  # the file checks touch the disk: preflight, not load_config
+
     with pytest.raises(ConfigError, match="does not exist; model_name_or_path must be the folder"):
-        load_config(["--model_name_or_path", str(gguf.parent), "--gguf_file", "nope.gguf", "--output_dir",
-                     str(tmp_path)])
+        prepare(["--model_name_or_path", str(gguf.parent), "--gguf_file", "nope.gguf", "--output_dir",
+                 str(tmp_path)])
     with pytest.raises(ConfigError, match="is not a .gguf file"):
-        load_config(["--model_name_or_path", str(gguf.parent), "--gguf_file", "model.bin", "--output_dir",
-                     str(tmp_path)])
+        prepare(["--model_name_or_path", str(gguf.parent), "--gguf_file", "model.bin", "--output_dir",
+                 str(tmp_path)])
 
 
 # --- tokenizer: chat template, special tokens, pad == eos ---------------------------------------------------
 
 
 def test_chat_template_tags_and_pad_equals_eos(smol):
-    from grpo.data import SYSTEM_PROMPTS, render_prompt
+    from grpo.tasks.templates import SYSTEM_PROMPTS, render_prompt
     from grpo.rollout import completion_mask_from_ids
 
     _, _, tok = smol
@@ -154,7 +156,7 @@ PROMPTS = ["What is 12 + 7?", "Name a colour.", "Write one word that rhymes with
 
 
 def test_compact_greedy_equals_generate_on_real_prompts(smol):
-    from grpo.data import render_prompt
+    from grpo.tasks.templates import render_prompt
     from grpo.rollout import CompactSampler
 
     _, model, tok = smol
@@ -172,7 +174,7 @@ def test_compact_greedy_equals_generate_on_real_prompts(smol):
 
 def test_update_logprobs_match_the_samplers_own(smol, tmp_path):
     """The trainer/inference mismatch: log-probs the update computes for the sampled tokens vs the sampler's own."""
-    from grpo.data import render_prompt
+    from grpo.tasks.templates import render_prompt
     from grpo.trainer import Trainer
     from grpo.types import StepBatch
 
