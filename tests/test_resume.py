@@ -15,6 +15,7 @@ import torch
 
 from grpo.checkpoint import latest_checkpoint, list_checkpoints
 from grpo.config import load_config
+from grpo.errors import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--per_device_train_batch_size", "16", "--eval_steps", "3", "--task_kwargs", "{num_eval: 32}",
@@ -171,7 +172,7 @@ def test_nonfinite_loss_is_skipped_and_counted_then_stops(tmp_path, monkeypatch)
     poison["on"] = False
     t2 = trainer_mod.Trainer(cfg)
     monkeypatch.setattr(trainer_mod.core, "policy_loss", lambda *a, **k: (real_loss(*a, **k)[0] * math.nan, {}))
-    with pytest.raises(trainer_mod.TrainingError, match=r"stopping at step 3: 3 steps in a row"):
+    with pytest.raises(TrainingError, match=r"stopping at step 3: 3 steps in a row"):
         t2.train()
 
 
