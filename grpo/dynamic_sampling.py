@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from grpo import core
@@ -60,12 +59,6 @@ def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, B
     metrics.update({"dynamic_sampling/rounds": float(rounds), "dynamic_sampling/signal_groups_frac": len(kept) / seen,
                     "dynamic_sampling/filled_frac": min(len(kept), B) / B})
     return batch, metrics
-
-
-def any_rank(accelerator: Any, need: bool) -> bool:
-    """True on every rank when ``need`` is True on any rank (one all-reduce; all ranks must call it)."""
-    flag = torch.tensor([float(need)], device=accelerator.device)
-    return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
 def advantages_over_ranks(accelerator: Any, rewards: Tensor, G: int, scale: str, estimator: str) -> Tensor:

@@ -17,24 +17,18 @@ import torch
 from torch import Tensor
 
 from grpo import core, reasoning
+from grpo.types import UpdateStats
 
 # How per-rank scalars combine into the logged value. Exact metric names; anything not listed is a counter
-# (reward timeouts, errors, worker failures...) and is summed over ranks.
+# (reward timeouts, errors, worker failures...) and is summed over ranks. The update's own metrics take their
+# reduction from UpdateStats' fields, so the two cannot disagree.
 REDUCTIONS: dict[str, str] = {
+    **UpdateStats.reductions(),
     "time/rollout_s": "max",  # the slowest rank sets the pace
     "time/reward_s": "max",
     "dynamic_sampling/rounds": "max",
     "dynamic_sampling/signal_groups_frac": "mean",
     "dynamic_sampling/filled_frac": "mean",
-    "loss": "mean",
-    "grad_norm": "mean",  # identical on every rank (computed after the all-reduce)
-    "entropy": "mean",
-    "kl": "mean",
-    "clip_ratio": "mean",
-    "clip_ratio/low": "mean",
-    "clip_ratio/high": "mean",
-    "skipped_update": "max",  # every rank takes the same branch
-    "skipped_nonfinite": "max",
     "sampling/sampling_logp_difference/mean": "mean",  # sampler/trainer mismatch (grpo.correction)
     "sampling/sampling_logp_difference/max": "max",
     "sampling/importance_sampling_ratio/min": "min",
@@ -107,8 +101,7 @@ def rollout_metrics(rewards: Tensor, lengths: Tensor, truncated: Tensor, per_rew
         "completions/count": lengths.numel(),  # over all ranks: shows every rank contributed
     }
     for name, values in per_reward.items():
-        valid = values[~torch.isnan(values)]
-        m[f"rewards/{name}/mean"] = valid.mean().item() if valid.numel() else math.nan
+        m[f"rewards/{name}/mean"] = nanmean(values)
     return m
 
 
@@ -169,3 +162,9 @@ def gather_records(accelerator: Any, records: list[dict], groups_per_rank: int) 
 
     per_rank = gather_object([records])  # one list of records per rank, in rank order
     return [dict(rec, group=rec["group"] + rank * groups_per_rank) for rank, recs in enumerate(per_rank) for rec in recs]
+
+
+def any_rank(accelerator: Any, flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any rank (one all-reduce; all ranks must call it)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return accelerator.reduce(t, reduction="sum").item() > 0

@@ -12,9 +12,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
 from grpo.errors import TrainingError
+from grpo.metrics import any_rank
 
 
 class StopRequest:
@@ -47,8 +46,7 @@ class StopRequest:
 
     def agreed(self, accelerator: Any) -> bool:
         """True on every rank if any rank was signalled (so all ranks save and stop at the same step)."""
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
-        return accelerator.reduce(flag, reduction="sum").item() > 0
+        return any_rank(accelerator, self.requested)
 
 
 def count_bad_steps(bad_steps: int, metrics: dict[str, float], max_bad_steps: int, step: int) -> int:

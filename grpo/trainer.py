@@ -22,7 +22,7 @@ from torch import Tensor
 from grpo import core, metrics, policy
 from grpo.checkpoint import load_checkpoint, resolve_resume, restore_logs, save_checkpoint, write_errors
 from grpo.config import GRPOConfig
-from grpo.dynamic_sampling import advantages_over_ranks, any_rank, collect
+from grpo.dynamic_sampling import advantages_over_ranks, collect
 from grpo.evaluate import eval_options, evaluate
 from grpo.logging import MetricsLogger, completion_records, tracker_names
 from grpo.model import (
@@ -114,7 +114,7 @@ class Trainer:
         cfg = self.cfg
         return collect(self.sample_round, B=self.prompts_per_step, G=cfg.num_generations, dynamic=cfg.dynamic_sampling,
                        max_rounds=cfg.max_sampling_rounds, pad_token_id=self.tokenizer.pad_token_id,
-                       any_rank_needs_more=lambda need: any_rank(self.accelerator, need))
+                       any_rank_needs_more=lambda need: metrics.any_rank(self.accelerator, need))
 
     def advantages(self, rewards: Tensor) -> Tensor:
         """Advantages (N,) for this rank's N rewards (``batch`` scaling: std over all ranks, grpo.dynamic_sampling)."""

@@ -58,6 +58,9 @@ class StepBatch:
                          {k: torch.cat([p.per_reward[k] for p in parts]) for k in names}, advantages)
 
 
+_METRIC_NAMES = {"clip_ratio_low": "clip_ratio/low", "clip_ratio_high": "clip_ratio/high"}  # field -> TRL's name
+
+
 def _stat(reduce: str, help: str) -> object:
     """A stats field: ``reduce`` says how ranks combine it (``mean``, ``max``, ``sum``)."""
     return field(default=0.0, metadata={"reduce": reduce, "help": help})
@@ -77,10 +80,16 @@ class UpdateStats:
     clip_ratio_high: float = _stat("mean", "as clip_ratio, the upper bound only")
     kl: float | None = field(default=None, metadata={"reduce": "mean", "help": "mean k3 KL (beta > 0 or a reference)"})
     skipped_update: float = _stat("max", "1 when every advantage was zero (and beta == 0): no optimizer step")
-    skipped_nonfinite: float = _stat("sum", "optimizer steps dropped because the gradient was not finite")
+    skipped_nonfinite: float = _stat("max", "optimizer steps dropped because the gradient was not finite (every rank "
+                                     "takes the same branch: the norm is computed after the all-reduce)")
     sampling: dict = field(default_factory=dict, metadata={
         "reduce": "per key, grpo.metrics.REDUCTIONS", "help": "sampler/trainer mismatch (sampling/*), first pass; "
         "only with vllm_importance_sampling_correction"})
+
+    @classmethod
+    def reductions(cls) -> dict[str, str]:
+        """Logged metric name -> how ranks combine it, from each field's ``reduce`` (``sampling/*``: its own keys)."""
+        return {_METRIC_NAMES.get(f.name, f.name): f.metadata["reduce"] for f in fields(cls) if f.name != "sampling"}
 
     def add_loss_metrics(self, loss_metrics: dict[str, float]) -> None:
         """Take ``clip_ratio``, ``clip_ratio/low``, ``clip_ratio/high`` and ``kl`` from averaged loss metrics."""
@@ -98,8 +107,7 @@ class UpdateStats:
         """Metric names as logged (TRL's: ``clip_ratio/low``, ...); ``kl`` only when measured."""
         if self.skipped_update:  # no update ran: no loss terms, clipping or entropy to report
             return {"loss": 0.0, "grad_norm": 0.0, "skipped_update": 1.0, "skipped_nonfinite": 0.0}
-        names = {"clip_ratio_low": "clip_ratio/low", "clip_ratio_high": "clip_ratio/high"}
-        out = {names.get(f.name, f.name): getattr(self, f.name) for f in fields(self) if f.name != "sampling"}
+        out = {_METRIC_NAMES.get(f.name, f.name): getattr(self, f.name) for f in fields(self) if f.name != "sampling"}
         out.update(self.sampling)
         if self.kl is None:
             out.pop("kl")
