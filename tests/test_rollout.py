@@ -210,3 +210,42 @@ def test_hf_static_cache_path_reuses_shapes_and_matches_compact(tiny, caplog):
     assert "new decode shape (batch 8, cache 512)" in caplog.text
 
 
+
+
+def test_draw_from_weights_never_draws_a_zero_weight():
+    from grpo.rollout.base import draw_from_weights
+
+    torch.manual_seed(0)
+    weights = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0], [3.0, 0.0, 0.0, 0.0]]).repeat(2000, 1)
+    token, total = draw_from_weights(weights)
+    assert torch.equal(token, torch.tensor([1, 3, 0]).repeat(2000))
+    assert torch.equal(total, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64).repeat(2000))
+
+
+def test_draw_from_weights_keeps_rare_tokens_rare_in_a_large_vocabulary():
+    # 49,152 entries: one token at weight 1 and the rest at 1e-5 (0.33 of the mass in all); a float32 CDF
+    # would blur the small weights, float64 keeps each interval exact.
+    from grpo.rollout.base import draw_from_weights
+
+    torch.manual_seed(0)
+    V, n = 49_152, 4_000
+    weights = torch.full((n, V), 1e-5)
+    weights[:, 123] = 1.0
+    token, _ = draw_from_weights(weights)
+    expect = 1.0 / (1.0 + 1e-5 * (V - 1))
+    share = (token == 123).float().mean().item()
+    assert abs(share - expect) < 4 * (expect * (1 - expect) / n) ** 0.5, (share, expect)
+    spread = torch.bincount(token[token != 123], minlength=V).float()
+    assert spread[:V // 2].sum() / spread.sum() == pytest.approx(0.5, abs=0.05)  # no end of the CDF favoured
+
+
+def test_sample_next_logprobs_are_those_of_the_warped_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 50) * 3
+    for t, k, p in [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.9)]:
+        token, logp = sample_next(logits, t, k, p, with_logprobs=True)
+        from grpo.sampling import warp_logits
+
+        expect = warp_logits(logits, t, k, p).log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
+        assert torch.allclose(logp, expect, atol=1e-5)
+        assert torch.isfinite(logp).all()
