@@ -119,8 +119,6 @@ class GRPOConfig:
     overwrite_output_dir: bool = _f(False, "Start fresh even if output_dir has checkpoints (they are deleted).")
     max_bad_steps: int = _f(5, "Stop after this many steps in a row whose loss or gradient was not finite (each is skipped).")
     cpu_threads: int | None = _f(None, "torch threads per process on CPU; None = torch's default. Tiny models run faster on 1.")
-    cpu_reuse_memory: bool = _f(True, "On CPU (Linux), keep freed memory in the process for reuse instead of re-faulting fresh pages "
-                                "every step (glibc mallopt; grpo/cpu.py): ~15% faster steps on a 135M model, same peak memory.")
     # --- model loading, precision, LoRA (grpo/model.py)
     dtype: str = _f("auto", "Weight dtype: auto (float32 weights to train, bfloat16 for a frozen LoRA base on GPU), bfloat16, "
                     "float16 or float32. Compute in bf16 with `accelerate launch --mixed_precision bf16`.")
@@ -398,8 +396,8 @@ def help_text() -> str:
 RESUMABLE_KEYS = frozenset({
     "max_steps", "eval_steps", "eval_batch_size", "logging_steps", "report_to", "log_completions_steps",
     "save_final_model", "save_steps", "save_total_limit", "resume_from_checkpoint", "overwrite_output_dir",
-    "max_bad_steps", "cpu_threads", "cpu_reuse_memory", "output_dir", "reflection_words", "eval_pass_k",
-    "eval_max_completion_length", "eval_reward", "smoke",
+    "max_bad_steps", "cpu_threads", "output_dir", "reflection_words", "eval_pass_k", "eval_max_completion_length",
+    "eval_reward", "smoke",
 })
 
 

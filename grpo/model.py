@@ -220,10 +220,8 @@ def make_accelerator(cfg: GRPOConfig, micro_steps: int, trackers: list[str], pre
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if precision.message:
             acc.print(precision.message)
-    if acc.device.type == "cpu":
-        from grpo.cpu import configure_cpu
-
-        configure_cpu(cfg.cpu_threads, cfg.cpu_reuse_memory)
+    if cfg.cpu_threads and acc.device.type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads)
     _fsdp_on_cpu(acc)
     return acc
 
