@@ -241,6 +241,9 @@ def main() -> None:
         json.dumps({("bench.step_throughput:digit_share" if k == "digit_share" else k): v
                     for k, v in p["rewards"].items()}),
         "--task_kwargs", "{num_eval: 8}", "--log_completions_steps", "0",
+        # The embedded default config says cpu_threads: 1 (right for the tiny model); torch's thread count is
+        # process-wide, so without this both trainers would run on one thread whatever --threads says.
+        "--cpu_threads", str(args.threads),
         *[x for k, v in common.items() for x in (f"--{k}", str(v))],
     ])
     ours = Trainer(ours_cfg)
