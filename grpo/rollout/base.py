@@ -124,8 +124,9 @@ class _Backend:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_completion_length: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, generation_kwargs: dict | None = None, prompt_bucket: int = 0,
-                 decode_dtype: torch.dtype | None = None):
+                 decode_dtype: torch.dtype | None = None, cpu_prepacked_decode: bool = False):
         self.tokenizer = tokenizer
+        self.cpu_prepacked_decode = cpu_prepacked_decode  # decode from a oneDNN-packed copy (grpo/rollout/packed.py)
         self.decode_dtype = decode_dtype  # a decode copy of the weights in this dtype (grpo/precision.py); None = no
         self._decode_copy: PreTrainedModel | None = None
         self._copy_stale = True
@@ -167,25 +168,35 @@ class _Backend:
         self._copy_stale = True
 
     def decode_model(self, model: PreTrainedModel) -> PreTrainedModel:
-        """The model to decode with: ``model`` itself, or its ``decode_dtype`` copy (made once, refreshed in place
-        when stale). Under bf16 autocast a float32 model re-casts every weight at every decode step; the copy
-        is cast once per optimizer step. Buffers (rotary frequencies) stay float32."""
-        params = list(model.parameters())
-        if self.decode_dtype is None or hasattr(model, "get_base_model") or params[0].dtype == self.decode_dtype:
-            return model
-        if self._decode_copy is None:
-            import copy
+        """The model to decode with: ``model`` itself, or a copy made once and refreshed in place when stale: in
+        ``decode_dtype`` (under bf16 autocast a float32 model re-casts every weight at every decode step; the copy
+        is cast once per optimizer step; buffers such as rotary frequencies stay float32), or, on a CPU with
+        ``cpu_prepacked_decode``, with its large linear weights packed for oneDNN (:mod:`grpo.rollout.packed`)."""
+        import grpo.rollout.packed as packed
 
-            self._decode_copy = copy.deepcopy(model).requires_grad_(False)
-            for p in self._decode_copy.parameters():
-                p.data = p.data.to(self.decode_dtype)
+        params = list(model.parameters())
+        if self.decode_dtype is not None and not hasattr(model, "get_base_model") and params[0].dtype != self.decode_dtype:
+            if self._decode_copy is None:
+                import copy
+
+                self._decode_copy = copy.deepcopy(model).requires_grad_(False)
+                for p in self._decode_copy.parameters():
+                    p.data = p.data.to(self.decode_dtype)
+                self._copy_stale = False
+            elif self._copy_stale:
+                with torch.no_grad():
+                    for c, p in zip(self._decode_copy.parameters(), params):
+                        c.copy_(p)
+                self._copy_stale = False
+            return self._decode_copy
+        if self.cpu_prepacked_decode and packed.prepacking_available(model):
+            if self._decode_copy is None:
+                self._decode_copy = packed.packed_copy(model)
+            elif self._copy_stale:
+                packed.refresh(self._decode_copy, model)
             self._copy_stale = False
-        elif self._copy_stale:
-            with torch.no_grad():
-                for c, p in zip(self._decode_copy.parameters(), params):
-                    c.copy_(p)
-            self._copy_stale = False
-        return self._decode_copy
+            return self._decode_copy
+        return model
 
     def metrics(self) -> dict[str, float]:
         """Backend counters for the step's metrics (none by default)."""
@@ -231,7 +242,7 @@ def make_backend(name: str, tokenizer: PreTrainedTokenizerBase, **kwargs) -> _Ba
     own = {"hf": ("compile_generation",),
            "vllm": ("model_name_or_path", "gpu_memory_utilization", "max_model_len", "seed", "enable_sleep_mode")}
     common = ("max_completion_length", "temperature", "top_p", "top_k", "generation_kwargs", "prompt_bucket",
-              "decode_dtype")
+              "decode_dtype", "cpu_prepacked_decode")
     args = {k: v for k, v in kwargs.items() if k in common or k in own.get(name, ())}
     return cls(tokenizer, **args)
 
@@ -281,4 +292,5 @@ def backend_for_run(cfg: Any, tokenizer: PreTrainedTokenizerBase, model_path: st
         top_p=cfg.top_p, top_k=cfg.top_k, generation_kwargs=cfg.generation_kwargs, prompt_bucket=cfg.prompt_bucket,
         compile_generation=cfg.compile_generation, model_name_or_path=model_path,
         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed,  # vllm adds the rank
-        enable_sleep_mode=cfg.vllm_enable_sleep_mode, decode_dtype=decode_dtype)
+        enable_sleep_mode=cfg.vllm_enable_sleep_mode, decode_dtype=decode_dtype,
+        cpu_prepacked_decode=cfg.cpu_prepacked_decode)
