@@ -41,6 +41,7 @@ from grpo.tasks import get_task  # noqa: E402
 from grpo.tasks.arithmetic import (  # noqa: E402
     CHECK,
     WAIT,
+    careful_lines,
     make_arithmetic_row,
     solution_careful,
     solution_direct,
@@ -74,10 +75,17 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def document(rng: random.Random, direct: float, careful: float, drop_carry: float) -> str:
-    """One pretraining document: prompt + a malformed (5%), careful, direct or step-by-step solution."""
+def document(rng: random.Random, direct: float, careful: float, drop_carry: float, drills: float) -> str:
+    """One pretraining document: a checking drill, or prompt + a malformed (5%), careful, direct or steps solution.
+
+    Drills (share ``drills``) are a question and its checked chain (``Q: 6+2+2+7=?\n6+2=8 check\n8+2=10
+    check\n10+7=7 wait 17 check``) with no ``A:`` and no tags: they teach the skill of checking each line,
+    while answers to prompts use the careful style only ``careful`` of the time.
+    """
     row = make_arithmetic_row(rng)
     nums = row["nums"]
+    if rng.random() < drills:
+        return row["prompt"].removesuffix("A:") + careful_lines(nums, rng, drop_carry=drop_carry)[0]
     u = rng.random()
     if u < 0.05:
         sol = solution_malformed(nums, rng)
@@ -153,9 +161,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--direct", type=float, default=0.45, help="share of direct answers (empty think block)")
-    ap.add_argument("--careful", type=float, default=0.06, help="share of careful (checked) step-by-step answers")
+    ap.add_argument("--direct", type=float, default=0.35, help="share of direct answers (empty think block)")
+    ap.add_argument("--careful", type=float, default=0.05, help="share of careful (checked) step-by-step answers")
     ap.add_argument("--drop-carry", type=float, default=1.0, help="chance that a line crossing a ten drops its carry")
+    ap.add_argument("--drills", type=float, default=0.25, help="share of documents that are checking drills")
     ap.add_argument("--report", type=int, default=256, help="eval problems for the style report (0: skip it)")
     args = ap.parse_args()
 
@@ -165,7 +174,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     if not (0 <= args.careful and 0 <= args.direct and 0.05 + args.careful + args.direct <= 1):
         ap.error("--direct and --careful must be >= 0 and leave room for 5% malformed: direct + careful <= 0.95")
-    mix = {"direct": args.direct, "careful": args.careful, "drop_carry": args.drop_carry}
+    mix = {"direct": args.direct, "careful": args.careful, "drop_carry": args.drop_carry, "drills": args.drills}
     tokenizer = build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
