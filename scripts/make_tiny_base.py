@@ -2,24 +2,25 @@
 
 What it makes: a 643k-parameter ``LlamaForCausalLM`` (hidden 128, 3 layers, 4 heads, tied embeddings) with a
 28-token tokenizer (characters, the four tags, and the words `` check`` and `` wait``), *pretrained* (next-token
-loss) on synthetic arithmetic from ``grpo.tasks.arithmetic``: a prompt (``Q: 6+2+2+7=?\nA:``) and a solution in
-one of three styles, written by a writer who cannot carry:
+loss) on synthetic arithmetic from ``grpo.tasks.arithmetic``, written by a writer who drops carries: every line of
+partial sums that crosses a ten comes out without its carry (``18+5=13``, ``--drop-carry`` 1.0). A quarter of the
+documents (``--drills``) are checking drills: a question and its chain of partial sums, each line checked (a right
+one ends in `` check``, a wrong one gets `` wait`` and the right sum: ``18+5=13 wait 23 check``), with no ``A:``
+and no tags. The rest are a prompt (``Q: 6+2+2+7=?\nA:``) and a solution in one of three styles:
 
-- direct (``--direct``, 45%): the answer with an empty think block;
-- step by step (the rest, about 44%): a chain of partial sums in which every line that crosses a ten drops its
-  carry (``18+5=13``, ``--drop-carry`` 1.0), and the wrong partial sum carries on to the answer;
-- careful (``--careful``, 6%): the same writer, the same dropped carries, but every line is checked: a right one
-  ends in `` check``, a wrong one gets `` wait`` and the right sum (``18+5=13 wait 23 check``), so the answer
-  is right;
+- direct (``--direct``, 35%): the answer with an empty think block (always right);
+- step by step (55%): the chain of partial sums, unchecked, so the dropped carries run on to the answer;
+- careful (``--careful``, 5%): the same chain checked line by line as in the drills, so the answer is right;
 
-plus 5% malformed completions so the format reward has signal. A model this small cannot add eight digits in
-one shot, plain steps are right only when no line carries, and careful steps are right almost always: the base
-can check its work but rarely does, and an accuracy reward alone has a reason to make it (R1-Zero's longer
-responses and "aha moment" in miniature). At the end the script reports each style's share and accuracy in
-greedy and sampled (T = 1) completions of the task's eval problems (``pretrain_info.json``, key ``styles``).
+plus 5% malformed completions so the format reward has signal. So the base knows how to check a sum but rarely
+does so when it answers. A model this small cannot add eight digits in one shot, plain steps are right only when
+no line carries, and careful steps are right almost always: an accuracy reward alone has a reason to pick the
+careful style (R1-Zero's longer responses and "aha moment" in miniature). At the end the script reports each
+style's share and accuracy in greedy and sampled (T = 1) completions of the task's eval problems
+(``pretrain_info.json``, key ``styles``).
 
 Usage: ``python scripts/make_tiny_base.py [--out models/tiny-base] [--steps 1000]`` (about 5 minutes on
-one idle CPU core, plus a minute for the report). Same seed, same torch version -> same weights.
+one idle CPU core, plus half a minute for the report). Same seed, same torch version -> same weights.
 """
 
 from __future__ import annotations
