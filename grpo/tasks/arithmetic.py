@@ -1,12 +1,12 @@
 """The synthetic ``arithmetic`` task: the embedded default.
 
-Sums of 2-8 single-digit numbers written in a 26-token vocabulary, so the bundled tiny base model
+Sums of 2-8 single-digit numbers written in a 28-token vocabulary, so the bundled tiny base model
 (``models/tiny-base``) can learn it on a laptop CPU. Its prompt is the R1-Zero template in miniature: the completion
 is expected to think inside ``<think></think>`` and answer inside ``<answer></answer>``.
 ``scripts/make_tiny_base.py`` pretrains the tiny model on completions written by :func:`solution_direct`,
-:func:`solution_steps` and :func:`solution_malformed`, so this file is the single source of the task's text format.
-:func:`solution_careful` is the rare careful style (each partial sum checked: ``check``, or ``wait`` and fixed), and
-the step-by-step writer drops carries (:func:`first_attempt`); see ``scripts/make_tiny_base.py`` for the mixture.
+:func:`solution_steps` (a writer who drops carries, :func:`first_attempt`), :func:`solution_careful` (the same
+writer checking each line: ``check``, or ``wait`` and the fix; rare) and :func:`solution_malformed`, so this file
+is the single source of the task's text format.
 """
 
 from __future__ import annotations
