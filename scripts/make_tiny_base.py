@@ -38,8 +38,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from grpo.tasks import get_task  # noqa: E402
-from grpo.tasks.arithmetic import (  # noqa: E402
+from grpo.tasks import get_task
+from grpo.tasks.arithmetic import (
     CHECK,
     WAIT,
     careful_lines,
