@@ -6,7 +6,7 @@ loss) on synthetic arithmetic from ``grpo.tasks.arithmetic``, written by a write
 partial sums that crosses a ten comes out without its carry (``18+5=13``, ``--drop-carry`` 1.0). A quarter of the
 documents (``--drills``) are checking drills: a question and its chain of partial sums, each line checked (a right
 one ends in `` check``, a wrong one gets `` wait`` and the right sum: ``18+5=13 wait 23 check``), with no ``A:``
-and no tags. The rest are a prompt (``Q: 6+2+2+7=?\nA:``) and a solution in one of three styles:
+and no tags. The rest are a prompt (``Q: 6+2+2+7=?\\nA:``) and a solution in one of three styles:
 
 - direct (``--direct``, 35%): the answer with an empty think block (always right);
 - step by step (55%): the chain of partial sums, unchecked, so the dropped carries run on to the answer;
@@ -79,8 +79,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 def document(rng: random.Random, direct: float, careful: float, drop_carry: float, drills: float) -> str:
     """One pretraining document: a checking drill, or prompt + a malformed (5%), careful, direct or steps solution.
 
-    Drills (share ``drills``) are a question and its checked chain (``Q: 6+2+2+7=?\n6+2=8 check\n8+2=10
-    check\n10+7=7 wait 17 check``) with no ``A:`` and no tags: they teach the skill of checking each line,
+    Drills (share ``drills``) are a question and its checked chain (``Q: 6+2+2+7=?\\n6+2=8 check\\n8+2=0 wait
+    10 check\\n10+7=17 check``) with no ``A:`` and no tags: they teach the skill of checking each line,
     while answers to prompts use the careful style only ``careful`` of the time.
     """
     row = make_arithmetic_row(rng)

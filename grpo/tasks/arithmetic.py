@@ -56,7 +56,7 @@ def first_attempt(total: int, n: int, rng: random.Random | None, slip: float = 0
 
 def solution_steps(nums: list[int], rng: random.Random | None = None, slip: float = 0.0,
                    drop_carry: float = 0.0) -> str:
-    """A chain of partial sums: ``<think>6+2=8\n8+2=10\n10+7=17</think><answer>17</answer>``.
+    """A chain of partial sums: ``<think>6+2=8\\n8+2=10\\n10+7=17</think><answer>17</answer>``.
 
     Args:
         nums: the terms.
@@ -101,7 +101,7 @@ def solution_careful(nums: list[int], rng: random.Random | None = None, slip: fl
                      drop_carry: float = 0.0) -> str:
     """Partial sums, each re-checked: a right line ends in ``check``, a wrong one is caught with ``wait`` and fixed.
 
-    ``<think>6+2=8 check\n8+2=10 check\n10+7=7 wait 17 check</think><answer>17</answer>``: the same writer as
+    ``<think>6+2=8 check\\n8+2=0 wait 10 check\\n10+7=17 check</think><answer>17</answer>``: the same writer as
     :func:`solution_steps`, with the same first attempts (``slip``, ``drop_carry``), but every line is verified
     before the next, so a slip never reaches the answer.
     """
