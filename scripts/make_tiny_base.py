@@ -19,7 +19,7 @@ careful style (R1-Zero's longer responses and "aha moment" in miniature). At the
 style's share and accuracy in greedy and sampled (T = 1) completions of the task's eval problems
 (``pretrain_info.json``, key ``styles``).
 
-Usage: ``python scripts/make_tiny_base.py [--out models/tiny-base] [--steps 1000]`` (about 5 minutes on
+Usage: ``python scripts/make_tiny_base.py [--out models/tiny-base] [--steps 1000]`` (about 5-7 minutes on
 one idle CPU core, plus half a minute for the report). Same seed, same torch version -> same weights.
 """
 
