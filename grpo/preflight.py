@@ -40,10 +40,10 @@ def preflight(cfg: GRPOConfig, resume: bool = True) -> tuple[GRPOConfig, Task]:
     check_backend(cfg)
     check_model(cfg)
     check_trackers(cfg)
-    if resume:
-        check_resume(cfg)
     task = build_task(cfg)
     check_rewards(cfg, task)
+    if resume:  # after the config's own mistakes (a misspelt reward is that, not "a different experiment")
+        check_resume(cfg)
     return cfg, task
 
 

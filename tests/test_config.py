@@ -58,7 +58,8 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
         (["stray"], "unexpected argument 'stray'"),
     ],
 )
-def test_bad_input_names_the_problem(argv, fragment):
+def test_bad_input_names_the_problem(argv, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/default from an earlier `accelerate launch train.py` in the way
     with pytest.raises(ConfigError) as e:
         prepare(argv)
     msg = str(e.value)
