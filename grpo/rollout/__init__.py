@@ -19,8 +19,6 @@ from grpo.rollout.base import (
     register_backend,
     sample_next,
     select,
-    token_logprobs,
-    warp_logits,
 )
 from grpo.rollout.compact import CompactSampler, finished_check_interval
 from grpo.rollout.hf import (
@@ -42,6 +40,7 @@ from grpo.rollout.vllm_engine import (
     vllm_sampling_kwargs,
     vllm_weights,
 )
+from grpo.sampling import token_logprobs, warp_logits
 
 __all__ = [
     "CACHE_LEN_STEP",

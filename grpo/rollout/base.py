@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grpo.sampling import token_logprobs, warp_logits  # noqa: F401  (token_logprobs: re-exported for grpo.rollout)
+from grpo.rollout.packed import packed_copy, prepacking_available, refresh
+from grpo.sampling import warp_logits
 
 ROLLOUT_BACKENDS: dict[str, type] = {}
 
@@ -119,6 +120,16 @@ def draw_from_weights(weights: Tensor, block: int = 256) -> tuple[Tensor, Tensor
     return (b * block + j).squeeze(-1), total.squeeze(-1)
 
 
+def cast_copy(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
+    """A frozen copy of ``model`` with its parameters in ``dtype`` (buffers keep theirs)."""
+    import copy
+
+    twin = copy.deepcopy(model).requires_grad_(False)
+    for p in twin.parameters():
+        p.data = p.data.to(dtype)
+    return twin
+
+
 class _Backend:
     """Shared parts of the backends: tokenising prompts, building the RolloutBatch."""
 
@@ -168,35 +179,30 @@ class _Backend:
         self._copy_stale = True
 
     def decode_model(self, model: PreTrainedModel) -> PreTrainedModel:
-        """The model to decode with: ``model`` itself, or a copy made once and refreshed in place when stale: in
-        ``decode_dtype`` (under bf16 autocast a float32 model re-casts every weight at every decode step; the copy
-        is cast once per optimizer step; buffers such as rotary frequencies stay float32), or, on a CPU with
-        ``cpu_prepacked_decode``, with its large linear weights packed for oneDNN (:mod:`grpo.rollout.packed`)."""
-        import grpo.rollout.packed as packed
+        """The model to decode with: ``model`` itself, or a copy made once and refreshed in place when stale
+        (:func:`grpo.rollout.packed.refresh`): in ``decode_dtype`` (under bf16 autocast a float32 model re-casts
+        every weight at every decode step; the copy is cast once per optimizer step; buffers such as rotary
+        frequencies stay float32), or, on a CPU with ``cpu_prepacked_decode``, with its large linear weights packed
+        for oneDNN (:mod:`grpo.rollout.packed`)."""
+        make = self._copy_maker(model)
+        if make is None:
+            return model
+        if self._decode_copy is None:
+            self._decode_copy = make(model)
+        elif self._copy_stale:
+            refresh(self._decode_copy, model)
+        self._copy_stale = False
+        return self._decode_copy
 
-        params = list(model.parameters())
-        if self.decode_dtype is not None and not hasattr(model, "get_base_model") and params[0].dtype != self.decode_dtype:
-            if self._decode_copy is None:
-                import copy
-
-                self._decode_copy = copy.deepcopy(model).requires_grad_(False)
-                for p in self._decode_copy.parameters():
-                    p.data = p.data.to(self.decode_dtype)
-                self._copy_stale = False
-            elif self._copy_stale:
-                with torch.no_grad():
-                    for c, p in zip(self._decode_copy.parameters(), params):
-                        c.copy_(p)
-                self._copy_stale = False
-            return self._decode_copy
-        if self.cpu_prepacked_decode and packed.prepacking_available(model):
-            if self._decode_copy is None:
-                self._decode_copy = packed.packed_copy(model)
-            elif self._copy_stale:
-                packed.refresh(self._decode_copy, model)
-            self._copy_stale = False
-            return self._decode_copy
-        return model
+    def _copy_maker(self, model: PreTrainedModel) -> Callable[[PreTrainedModel], PreTrainedModel] | None:
+        """How this backend's decode copy of ``model`` is made, or None to decode with ``model`` itself."""
+        if hasattr(model, "get_base_model"):  # LoRA: the adapters change every step; decode with the model
+            return None
+        if self.decode_dtype is not None and next(model.parameters()).dtype != self.decode_dtype:
+            return lambda m: cast_copy(m, self.decode_dtype)
+        if self.cpu_prepacked_decode and prepacking_available(model):
+            return packed_copy
+        return None
 
     def metrics(self) -> dict[str, float]:
         """Backend counters for the step's metrics (none by default)."""

@@ -10,7 +10,8 @@ from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel
 
 from grpo.policy import cache_kwarg
-from grpo.rollout.base import _Backend, register_backend, token_logprobs, warp_logits
+from grpo.rollout.base import _Backend, register_backend
+from grpo.sampling import token_logprobs, warp_logits
 
 log = logging.getLogger(__name__)
 

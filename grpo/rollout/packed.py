@@ -73,8 +73,9 @@ def packed_copy(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def refresh(twin: nn.Module, model: nn.Module) -> None:
-    """Bring ``twin`` (from :func:`packed_copy`) up to ``model``'s current weights: re-pack the packed layers,
-    copy every other parameter and buffer."""
+    """Bring a decode copy ``twin`` of ``model`` (:func:`packed_copy`, or a copy in another dtype) up to
+    ``model``'s current weights: re-pack its packed layers, copy every other parameter and buffer (each keeps the
+    copy's dtype)."""
     source = dict(model.named_modules())
     for name, module in twin.named_modules():
         if isinstance(module, PackedLinear):
