@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
         cfg, task = preflight(cfg)
     except ConfigError as e:
         return fail(str(e), 2)
+    from grpo.model import close_distributed
     from grpo.trainer import Trainer  # heavy imports only after the config is known to be good
     from rewards.combine import RewardError
 
@@ -53,6 +54,7 @@ def main(argv: list[str]) -> int:
         return fail(str(e), 1)
     except ConfigError as e:  # found while loading: a model that cannot be reached, a tokenizer without a template
         return fail(str(e), 2)
+    close_distributed()  # every rank finished: end the process group before exit (see its docstring)
     return 0
 
 

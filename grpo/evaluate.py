@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     """The ``python -m grpo.evaluate`` command. Returns the exit code (2 for a bad argument, model or dataset)."""
     args = _parser().parse_args(argv)
     from grpo.errors import ConfigError
-    from grpo.model import load_for_eval
+    from grpo.model import close_distributed, load_for_eval
     from grpo.tasks import reward_defaults
 
     try:
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                       "samples": result.get("samples", [])}
             with open(args.output, "w") as f:
                 json.dump(record, f, indent=1, default=str)
+    close_distributed()  # under `accelerate launch`: every rank finished, end the process group before exit
     return 0
 
 

@@ -226,6 +226,22 @@ def make_accelerator(cfg: GRPOConfig, micro_steps: int, trackers: list[str], pre
     return acc
 
 
+def close_distributed() -> None:
+    """End the run's process group after every rank has finished (a barrier, then ``destroy_process_group``).
+
+    Call once, at the end of a run that succeeded on every rank. Without it a rank that exits first leaves gloo's
+    worker threads to be torn down during interpreter finalisation, which can abort the process (SIGABRT,
+    "terminate called without an active exception"; pytorch/pytorch#190489) and fail ``accelerate launch`` after the
+    run's files were written. Not called after an error: a rank still inside a collective would hang the others.
+    No-op in a single process.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _fsdp_on_cpu(acc: Any) -> None:
     """Make ``accelerate launch --config_file configs/accelerate/fsdp.yaml`` shard on CPU ranks too (gloo).
 

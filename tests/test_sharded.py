@@ -82,3 +82,17 @@ def test_fsdp2_matches_ddp_resumes_exactly_and_saves_a_full_model(tmp_path):
         t.numel() for t in AutoModelForCausalLM.from_pretrained(ROOT / "models" / "tiny-base").state_dict().values())
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 7)
+
+
+def test_close_distributed_ends_the_process_group(tmp_path):
+    """A finished run ends its process group before exit: a rank that leaves gloo's threads to interpreter
+    finalisation can abort (SIGABRT) after its files are written, which failed an FSDP launch in CI once."""
+    import torch.distributed as dist
+
+    from grpo.model import close_distributed
+
+    close_distributed()  # no process group: nothing to do, no error
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_distributed()
+    assert not dist.is_initialized()
