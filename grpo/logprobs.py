@@ -152,7 +152,7 @@ class _FusedLinearLogProbs(torch.autograd.Function):
         hidden, weight, target, lse = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_w else None
+        grad_w = None  # the first chunk's product becomes it: no (V, H) zeros to allocate and add to
         for s in range(0, hidden.size(0), ctx.chunk_size):
             e = s + ctx.chunk_size
             # (c, V) recomputed, then turned in place into g * (onehot - softmax) / temperature: one chunk buffer
@@ -164,7 +164,8 @@ class _FusedLinearLogProbs(torch.autograd.Function):
             if need_h:
                 grad_h[s:e] = d @ weight
             if need_w:
-                grad_w += (d.T @ hidden[s:e]).to(grad_w.dtype)
+                part = (d.T @ hidden[s:e]).to(lse.dtype)  # (V, H)
+                grad_w = part if grad_w is None else grad_w.add_(part)
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
 
 

@@ -312,8 +312,13 @@ def build_optimizer(cfg: GRPOConfig, model: torch.nn.Module) -> tuple[torch.opti
     """AdamW over the trainable parameters and the ``lr_scheduler_type`` schedule over every optimizer step."""
     from transformers import get_scheduler
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2))
+    params = list(model.parameters())  # all of them, frozen too: the optimizer state's indices stay as they were
+    # fused=True: one kernel over all tensors (what transformers' Trainer, hence TRL, uses by default). torch's
+    # CPU default is a loop of ~10 ops per tensor: 0.46 s vs 0.08 s a step for SmolLM2-135M on 2 cores. torch
+    # refuses fused for other devices and for integer (quantised, frozen) weights: those keep the default.
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), fused=fused or None)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=cfg.max_steps * cfg.num_iterations)
     return optimizer, scheduler

@@ -196,3 +196,32 @@ def test_resume_from_named_checkpoint(tmp_path):
                 str(tmp_path / "checkpoint-1")])
     assert proc.returncode == 0 and "checkpoint-1 at step 1" in proc.stdout
     assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_optimizer_is_fused_adamw_with_the_same_step_as_torchs_default():
+    """AdamW runs as one fused kernel (as transformers' Trainer, hence TRL, does), with the update torch's
+    per-tensor default computes to float rounding; a model with integer (quantised, frozen) weights keeps the
+    default, which torch would otherwise refuse."""
+    from grpo.model import build_optimizer
+
+    cfg = load_config(["--learning_rate", "1e-3", "--weight_decay", "0.1", "--max_steps", "4"])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer, _ = build_optimizer(cfg, model)
+    assert optimizer.defaults["fused"] is True
+    plain = torch.optim.AdamW(reference, lr=1e-3, weight_decay=0.1, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in reference]
+        for p, q, g in zip(model.parameters(), reference, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        optimizer.step()
+        plain.step()
+    for p, q, p0 in zip(model.parameters(), reference, start):
+        assert (p.detach() - p0).abs().max() > 1e-3  # three steps of lr 1e-3 moved every tensor
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-6)
+
+    model.codes = torch.nn.Parameter(torch.zeros(4, dtype=torch.int8), requires_grad=False)
+    optimizer, _ = build_optimizer(cfg, model)
+    assert not optimizer.defaults["fused"]
