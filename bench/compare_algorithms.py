@@ -87,12 +87,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def summarise(name: str, rows: list[dict], wall: float) -> dict:
-    """One table row: final eval accuracy and length, training length over the last 10 steps, steps, wall."""
+    """One table row: eval accuracy and length (first -> last eval), training length over the last 10 steps,
+    reflection ratio (mean of the first vs the last 5 steps), steps, wall."""
     evals = [r for r in rows if r.get("eval/accuracy") is not None]
     train = [r for r in rows if r.get("completions/mean_length") is not None]
     if not evals or not train:
         raise SystemExit(f"error: run {name} logged no eval or train rows; check its metrics.jsonl")
     last10 = train[-10:]
+    reflection = [r.get("reasoning/reflection_ratio", 0.0) for r in train]
     return {
         "variant": name,
         "acc0": evals[0]["eval/accuracy"],
@@ -100,6 +102,8 @@ def summarise(name: str, rows: list[dict], wall: float) -> dict:
         "eval_len0": evals[0]["eval/mean_length"],
         "eval_len": evals[-1]["eval/mean_length"],
         "train_len": sum(r["completions/mean_length"] for r in last10) / len(last10),
+        "refl0": sum(reflection[:5]) / len(reflection[:5]),
+        "refl": sum(reflection[-5:]) / len(reflection[-5:]),
         "skipped": int(sum(r.get("skipped_update", 0.0) for r in train)),
         "steps": max(r["step"] for r in train),
         "wall": wall,
@@ -111,15 +115,16 @@ def table(rows: list[dict]) -> str:
     lines = [
         (
             "| variant | settings | eval accuracy (start → end) | eval mean length (start → end) "
-            "| train mean length, last 10 steps | steps (skipped updates) | wall time |"
+            "| train mean length, last 10 steps | reflection ratio (first → last 5 steps) | steps (skipped updates) "
+            "| wall time |"
         ),
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         settings = ", ".join(f"{k}={v}" for k, v in VARIANTS[r["variant"]].items())
         lines.append(
             f"| {r['variant']} | `{settings}` | {r['acc0']:.3f} → **{r['acc']:.3f}** "
-            f"| {r['eval_len0']:.1f} → {r['eval_len']:.1f} | {r['train_len']:.1f} "
+            f"| {r['eval_len0']:.1f} → {r['eval_len']:.1f} | {r['train_len']:.1f} | {r['refl0']:.3f} → {r['refl']:.3f} "
             f"| {r['steps']} ({r['skipped']}) | {r['wall']:.0f} s |"
         )
     return "\n".join(lines)
