@@ -5,7 +5,7 @@ call, sampled every 0.5 ms from /proc/self/statm by a thread (tracemalloc does n
 with MALLOC_MMAP_THRESHOLD_=65536 so large buffers are returned to the system when freed and RSS follows live memory.
 The first call is measured, so every "update" number includes the fp32 parameter gradients (513 MiB).
 
-    python bench/update_memory.py FOLDER ours CHUNK BUCKETS   # grpo.policy.completion_logprobs, as the trainer calls it
+    python bench/update_memory.py FOLDER ours CHUNK BUCKETS   # grpo.scoring.completion_logprobs, as the trainer calls it
     python bench/update_memory.py FOLDER trl                  # TRL's _get_per_token_logps_and_entropies
     python bench/update_memory.py FOLDER head full|fused N T  # the lm_head + log-softmax alone
 
@@ -59,7 +59,7 @@ def main() -> None:
     if who == "head":
         from safetensors.torch import load_file
 
-        from grpo import core
+        from grpo import logprobs as core
 
         mode, n, t = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
         w = load_file(os.path.join(folder, "model.safetensors"))["model.embed_tokens.weight"].requires_grad_(True)
@@ -89,17 +89,19 @@ def main() -> None:
     cids = torch.randint(100, 40000, (16, T))
     cmask = torch.ones_like(cids)
     if who == "ours":
-        from grpo import policy
+        from grpo import scoring
+        from grpo.batch import RolloutBatch
 
         chunk, buckets = int(sys.argv[3]), int(sys.argv[4])
         model = AutoModelForCausalLM.from_pretrained(folder).train()
-        micro = policy.micro_batches(pmask, cmask, G, buckets)
+        batch = RolloutBatch(pids, pmask, cids, cmask, torch.zeros(len(cids), dtype=torch.bool), [""] * len(cids),
+                             [""] * len(cids))
+        micro = [batch.select(idx) for idx in scoring.micro_batches(pmask, cmask, G, buckets)]
+        options = scoring.ScoringOptions(lm_head_chunk_size=chunk)
 
         def run() -> None:
-            for idx in micro:
-                lp, _ = policy.completion_logprobs(model, pids[idx], pmask[idx], cids[idx], cmask[idx],
-                                                   temperature=1.0, group_size=G, with_entropy=True,
-                                                   lm_head_chunk_size=chunk)
+            for rows in micro:
+                lp, _ = scoring.completion_logprobs(model, rows, options, G, with_entropy=True)
                 lp.sum().backward()
 
         label = f"grpo-zero lm_head_chunk_size {chunk}, update_buckets {buckets}"

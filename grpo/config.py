@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from grpo import core
+from grpo import core, correction
 from grpo.errors import ConfigError
 from grpo.reasoning import DEFAULT_REFLECTION_WORDS
 
@@ -31,6 +31,12 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
+
+
+def _names(registry: dict) -> str:
+    """A registry's names for a help line, ``a, b or c``: the help lists exactly what validation accepts."""
+    names = list(registry)
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
 
 
 @dataclass
@@ -84,11 +90,13 @@ class GRPOConfig:
     beta: float = _f(0.0, "Weight of the k3 KL penalty to the frozen reference model; 0 loads no reference model.")
     epsilon: float = _f(0.2, "Lower clip range: ratio >= 1 - epsilon.")
     epsilon_high: float | None = _f(None, "Upper clip range: ratio <= 1 + epsilon_high (DAPO clip-higher: 0.28); default = epsilon.")
-    loss_type: str = _f("dapo", "Loss aggregation: grpo, bnpo, dr_grpo or dapo (see grpo/core.py).")
-    scale_rewards: str = _f("group", "Advantage scaling: group (GRPO), batch, or none (Dr. GRPO).")
-    advantage_estimator: str = _f("grpo", "Advantage estimator: grpo (group mean baseline) or rloo (leave-one-out).")
+    loss_type: str = _f("dapo", f"Loss aggregation: {_names(core.LOSS_AGGREGATIONS)} (grpo/core.py).")
+    scale_rewards: str = _f("group", f"Advantage scaling: {_names(core.REWARD_SCALES)} (group: GRPO; none: Dr. GRPO).")
+    advantage_estimator: str = _f("grpo", f"Advantage estimator: {_names(core.ADVANTAGE_ESTIMATORS)} (grpo: group "
+                                  "mean baseline; rloo: leave-one-out).")
     use_bias_correction_kl: bool = _f(True, "Multiply the KL term by the importance ratio (TRL 1.16's default); only matters when beta > 0.")
-    importance_sampling_level: str = _f("token", "token (GRPO) or sequence (GSPO) importance ratios.")
+    importance_sampling_level: str = _f("token", f"Importance ratios: {_names(core.IMPORTANCE_LEVELS)} (token: GRPO; "
+                                        "sequence: GSPO).")
     mask_truncated_completions: bool = _f(False, "Leave completions cut at max_completion_length out of the loss (DAPO).")
     dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: drop groups whose rewards all agree and sample more prompts until the batch is full.")
     max_sampling_rounds: int = _f(3, "Dynamic sampling: at most this many rollout rounds per step; then the batch is topped up with dropped groups.")
@@ -97,8 +105,8 @@ class GRPOConfig:
         None, "Reweight the loss by the trainer/sampler probability ratio of the sampled tokens (TRL's correction for "
         "the sampler's numerical mismatch). None = auto: on for rollout_backend vllm (TRL's default), off for compact "
         "and hf, which sample with the training weights (true there measures it: sampling/* metrics).")
-    vllm_importance_sampling_mode: str = _f("sequence_mask", "token_truncate, token_mask, sequence_truncate or "
-                                            "sequence_mask (TRL's names and default; see grpo/core.py).")
+    vllm_importance_sampling_mode: str = _f("sequence_mask", f"{_names(correction.SAMPLING_CORRECTIONS)} (TRL's names "
+                                            "and default; grpo/correction.py).")
     vllm_importance_sampling_clip_max: float | None = _f(3.0, "Upper bound C_max of the correction ratio: truncate "
                                                          "modes clip to it, mask modes zero tokens/sequences above it.")
     vllm_importance_sampling_clip_min: float | None = _f(None, "Lower bound C_min of the correction ratio (none by "
@@ -277,7 +285,7 @@ def validate(cfg: GRPOConfig) -> None:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
-    for key in ["lm_head_chunk_size", "eval_steps", "save_steps", "max_bad_steps", "warmup_steps", "beta", "weight_decay", "max_grad_norm", "epsilon", "top_k"]:
+    for key in ["lm_head_chunk_size", "eval_steps", "save_steps", "max_bad_steps", "warmup_steps", "beta", "weight_decay", "max_grad_norm", "top_k"]:
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(cfg, key)}")
     if cfg.temperature <= 0:
@@ -296,21 +304,20 @@ def validate(cfg: GRPOConfig) -> None:
     if cfg.update_buckets > cfg.per_device_train_batch_size:
         raise ConfigError(f"update_buckets {cfg.update_buckets} is larger than per_device_train_batch_size "
                           f"{cfg.per_device_train_batch_size}; lower update_buckets")
-    choices = {  # the registries of grpo/core.py: a new loss or estimator is one registered function
+    choices = {  # the registries: a new loss, estimator or correction is one registered function
         "loss_type": core.LOSS_AGGREGATIONS,
         "scale_rewards": core.REWARD_SCALES,
         "advantage_estimator": core.ADVANTAGE_ESTIMATORS,
         "importance_sampling_level": core.IMPORTANCE_LEVELS,
-        "vllm_importance_sampling_mode": ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+        "vllm_importance_sampling_mode": correction.SAMPLING_CORRECTIONS,
     }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
-    lo, hi = cfg.vllm_importance_sampling_clip_min, cfg.vllm_importance_sampling_clip_max
-    if lo is not None and hi is not None and lo >= hi:
-        raise ConfigError(f"vllm_importance_sampling_clip_min {lo} must be below vllm_importance_sampling_clip_max {hi}")
-    if cfg.vllm_importance_sampling_mode.endswith("_truncate") and lo is None and hi is None:
-        raise ConfigError("a *_truncate vllm_importance_sampling_mode needs vllm_importance_sampling_clip_max or _min")
+    try:  # the option objects check their own bounds (clip ranges, correction bounds): one place each
+        loss_options(cfg), correction_options(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not cfg.rewards:
         raise ConfigError("config key 'rewards' is empty; give at least one reward, e.g. {accuracy: 1.0}")
     from rewards.spec import parse_specs
@@ -325,13 +332,15 @@ def validate(cfg: GRPOConfig) -> None:
     _check_logging(cfg)
 
 
-DTYPES = ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")
+# dtype names users may write -> the torch dtype's name (the one table; grpo.model resolves it, "auto" aside).
+DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+          "float32": "float32", "fp32": "float32"}
 
 
 def _check_model_options(cfg: GRPOConfig) -> None:
     """dtype, LoRA and evaluation options."""
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {cfg.dtype!r}")
+    if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {cfg.dtype!r}")
     if cfg.lora_r < 1 or cfg.lora_alpha <= 0:
         raise ConfigError(f"lora_r must be >= 1 and lora_alpha > 0, got {cfg.lora_r} and {cfg.lora_alpha}")
     if not 0 <= cfg.lora_dropout < 1:
@@ -380,6 +389,20 @@ def _check_logging(cfg: GRPOConfig) -> None:
 def to_dict(cfg: GRPOConfig) -> dict:
     """The resolved config as a plain dict (written to output_dir/config.yaml)."""
     return dataclasses.asdict(cfg)
+
+
+def loss_options(cfg: GRPOConfig) -> core.LossOptions:
+    """The run's policy-loss choices as the loss takes them (checked when built)."""
+    return core.LossOptions(loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                            max_completion_length=cfg.max_completion_length, beta=cfg.beta,
+                            importance_sampling_level=cfg.importance_sampling_level,
+                            use_bias_correction_kl=cfg.use_bias_correction_kl)
+
+
+def correction_options(cfg: GRPOConfig) -> correction.CorrectionOptions:
+    """The run's sampler/trainer correction choices (checked when built)."""
+    return correction.CorrectionOptions(cfg.vllm_importance_sampling_mode, cfg.vllm_importance_sampling_clip_max,
+                                        cfg.vllm_importance_sampling_clip_min)
 
 
 def help_text() -> str:

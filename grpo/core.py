@@ -27,36 +27,19 @@ statistics and get advantage 0.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from grpo.registry import make_registry
+
 STD_EPS = 1e-4  # TRL's constant: keeps a near-constant group from producing huge advantages
 
-
-def _registry(kind: str) -> tuple[dict[str, Callable], Callable[[str], Callable], Callable[[str], Callable]]:
-    """A name -> function table, its ``register(name)`` decorator and a ``get(name)`` that lists known names."""
-    table: dict[str, Callable] = {}
-
-    def register(name: str) -> Callable:
-        def wrap(fn: Callable) -> Callable:
-            table[name] = fn
-            return fn
-
-        return wrap
-
-    def get(name: str) -> Callable:
-        if name not in table:
-            raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(table))}")
-        return table[name]
-
-    return table, register, get
-
-
-ADVANTAGE_ESTIMATORS, register_advantage_estimator, get_advantage_estimator = _registry("advantage estimator")
-REWARD_SCALES, register_reward_scale, get_reward_scale = _registry("scale_rewards")
-LOSS_AGGREGATIONS, register_loss_aggregation, get_loss_aggregation = _registry("loss_type")
-IMPORTANCE_LEVELS, register_importance_level, get_importance_level = _registry("importance_sampling_level")
+ADVANTAGE_ESTIMATORS, register_advantage_estimator, get_advantage_estimator = make_registry("advantage_estimator")
+REWARD_SCALES, register_reward_scale, get_reward_scale = make_registry("scale_rewards")
+LOSS_AGGREGATIONS, _register_aggregation, get_loss_aggregation = make_registry("loss_type")
+IMPORTANCE_LEVELS, register_importance_level, get_importance_level = make_registry("importance_sampling_level")
 
 
 # --- statistics that ignore NaN (unscored samples) ------------------------------------------------------
@@ -183,7 +166,44 @@ def group_reward_std(rewards: Tensor, group_size: int) -> Tensor:
 
 
 # --- loss aggregation ----------------------------------------------------------------------------------
-# Each takes per_token (N, T), mask (N, T), max_completion_length, normalizer and returns a scalar.
+# Each aggregation reduces per_token (N, T) with mask (N, T) to a scalar, and declares what the update loop
+# needs to know about it: whether its normaliser is the global batch's active-token count (so the loop
+# all-reduces that count), and what share of the whole batch's loss one micro-batch's value stands for.
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A registered ``loss_type``: the reduction and the two facts the update loop needs about it.
+
+    Attributes:
+        fn: ``(per_token (N, T), mask (N, T), max_completion_length, normalizer) -> scalar``.
+        global_tokens: the normaliser is the active tokens of the whole (all ranks, all micro-batches) batch
+            divided by the world size; the loop computes it once per step and passes it as ``normalizer``.
+    """
+
+    fn: Callable[[Tensor, Tensor, int | None, float | None], Tensor]
+    global_tokens: bool = False
+
+    def __call__(self, per_token: Tensor, mask: Tensor, max_completion_length: int | None,
+                 normalizer: float | None) -> Tensor:
+        """The aggregated loss. per_token, mask (N, T) -> scalar."""
+        return self.fn(per_token, mask, max_completion_length, normalizer)
+
+    def micro_share(self, rows: int, total_rows: int) -> float:
+        """The weight of a micro-batch of ``rows`` of ``total_rows`` in the step's loss: a mean over the
+        micro-batch's own rows or tokens stands for ``rows / total_rows`` of the batch mean; a sum over a global
+        normaliser is already its exact share."""
+        return 1.0 if self.global_tokens else rows / total_rows
+
+
+def register_loss_aggregation(name: str, global_tokens: bool = False) -> Callable:
+    """Register an aggregation function as ``loss_type`` ``name`` (see :class:`Aggregation`)."""
+
+    def wrap(fn: Callable) -> Callable:
+        _register_aggregation(name)(Aggregation(fn, global_tokens))
+        return fn
+
+    return wrap
 
 
 @register_loss_aggregation("grpo")
@@ -215,7 +235,7 @@ def aggregate_dr_grpo(
     return (per_token * mask).sum() / (per_token.size(0) * max_completion_length)
 
 
-@register_loss_aggregation("dapo")
+@register_loss_aggregation("dapo", global_tokens=True)
 def aggregate_dapo(
     per_token: Tensor, mask: Tensor, max_completion_length: int | None, normalizer: float | None
 ) -> Tensor:
@@ -262,8 +282,55 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+@dataclass(frozen=True)
+class LossOptions:
+    """How the policy loss is computed: the run's algorithm choices, checked once when built.
+
+    Attributes:
+        loss_type: aggregation: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see the module docstring).
+        epsilon: lower clip range, ratio >= ``1 - epsilon``.
+        epsilon_high: upper clip range, ratio <= ``1 + epsilon_high``; ``None`` = ``epsilon`` (DAPO's
+            clip-higher: 0.2 / 0.28).
+        max_completion_length: the normaliser of ``dr_grpo``.
+        beta: weight of the k3 KL penalty, added per token before aggregation.
+        importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO: one ratio per sequence,
+            ``exp(mean_t(logp - old_logp))``).
+        use_bias_correction_kl: multiply the k3 term by the (differentiable) importance ratio, as TRL 1.16 does
+            by default (DeepSeek-V3.2): the samples come from the old policy, and weighting by ``ratio`` makes
+            the KL gradient the unbiased reverse-KL gradient, even on-policy where its value is 1.
+
+    Raises:
+        ValueError: an unknown ``loss_type`` or level, or a negative clip range (one line; the config turns it
+            into a ConfigError).
+    """
+
+    loss_type: str = "dapo"
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    max_completion_length: int | None = None
+    beta: float = 0.0
+    importance_sampling_level: str = "token"
+    use_bias_correction_kl: bool = True
+
+    def __post_init__(self) -> None:
+        get_loss_aggregation(self.loss_type)
+        get_importance_level(self.importance_sampling_level)
+        if self.epsilon < 0 or self.upper_clip < 0:
+            raise ValueError(f"clip ranges must be >= 0, got epsilon={self.epsilon}, epsilon_high={self.epsilon_high}")
+
+    @property
+    def upper_clip(self) -> float:
+        """The upper clip range: ``epsilon_high``, or ``epsilon`` when unset."""
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    @property
+    def aggregation(self) -> Aggregation:
+        """The registered aggregation of ``loss_type``."""
+        return get_loss_aggregation(self.loss_type)
+
+
 def _check_loss_inputs(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                       ref_logprobs: Tensor | None, beta: float, epsilon: float, epsilon_high: float) -> None:
+                       ref_logprobs: Tensor | None, beta: float) -> None:
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must be (N, T), got shape {tuple(logprobs.shape)}")
     for name, t in (("old_logprobs", old_logprobs), ("mask", mask), ("ref_logprobs", ref_logprobs)):
@@ -273,8 +340,6 @@ def _check_loss_inputs(logprobs: Tensor, old_logprobs: Tensor, advantages: Tenso
         raise ValueError(f"advantages must be (N,) = {tuple(logprobs.shape[:1])}, got {tuple(advantages.shape)}")
     if beta != 0.0 and ref_logprobs is None:
         raise ValueError("beta != 0 needs ref_logprobs (reference-model log-probs); pass them or set beta=0")
-    if epsilon < 0 or epsilon_high < 0:
-        raise ValueError(f"clip ranges must be >= 0, got epsilon={epsilon}, epsilon_high={epsilon_high}")
 
 
 def policy_loss(
@@ -282,19 +347,13 @@ def policy_loss(
     old_logprobs: Tensor | None,
     advantages: Tensor,
     mask: Tensor,
+    options: LossOptions | None = None,
     *,
-    loss_type: str = "dapo",
-    epsilon: float = 0.2,
-    epsilon_high: float | None = None,
-    max_completion_length: int | None = None,
     ref_logprobs: Tensor | None = None,
-    beta: float = 0.0,
-    importance_sampling_level: str = "token",
     normalizer: float | None = None,
-    use_bias_correction_kl: bool = True,
     sampling_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped surrogate loss (PPO/GRPO) plus the k3 KL penalty, aggregated by ``loss_type``.
+    """Clipped surrogate loss (PPO/GRPO) plus the k3 KL penalty, aggregated by ``options.loss_type``.
 
     Args:
         logprobs: (N, T) log-probs of the sampled tokens under the current policy (with grad).
@@ -302,19 +361,10 @@ def policy_loss(
             (``logprobs.detach()``, TRL's shortcut when ``num_iterations == 1``).
         advantages: (N,) one advantage per sequence ((N, T) per-token advantages are accepted too).
         mask: (N, T) 1 on completion tokens that count.
-        loss_type: aggregation: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see module docstring).
-        epsilon: lower clip range, ratio >= ``1 - epsilon``.
-        epsilon_high: upper clip range, ratio <= ``1 + epsilon_high``; defaults to ``epsilon``
-            (DAPO's clip-higher: 0.2 / 0.28).
-        max_completion_length: the normaliser of ``dr_grpo``.
-        ref_logprobs: (N, T) reference-model log-probs; needed when ``beta != 0``.
-        beta: weight of the k3 KL penalty, added per token before aggregation.
-        importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO: one ratio per sequence,
-            ``exp(mean_t(logp - old_logp))``).
-        normalizer: ``dapo`` only: active tokens of the global batch divided by the world size.
-        use_bias_correction_kl: multiply the k3 term by the (differentiable) importance ratio, as TRL 1.16 does
-            by default (DeepSeek-V3.2): the samples come from the old policy, and weighting by ``ratio`` makes
-            the KL gradient the unbiased reverse-KL gradient, even on-policy where its value is 1.
+        options: the algorithm's choices (:class:`LossOptions`; default: DAPO's token-level loss, no KL).
+        ref_logprobs: (N, T) reference-model log-probs; needed when ``options.beta != 0``.
+        normalizer: for an aggregation with ``global_tokens`` (``dapo``): active tokens of the global batch
+            divided by the world size; ``None`` = this batch's own count.
         sampling_weights: (N, T) or (N, 1) sampler/trainer importance weights
             (``grpo.correction.sampling_correction_weights``); they multiply the clipped surrogate per token, not
             the KL term (TRL's order). ``None`` = no correction.
@@ -325,14 +375,14 @@ def policy_loss(
         ``clip_ratio/high`` and, when ``ref_logprobs`` is given, ``kl`` (masked mean of the KL term, ratio-weighted
         when ``use_bias_correction_kl``, as TRL logs it).
     """
+    opts = LossOptions() if options is None else options
+    epsilon, epsilon_high, beta = opts.epsilon, opts.upper_clip, opts.beta
     old_logprobs = logprobs.detach() if old_logprobs is None else old_logprobs
-    epsilon_high = epsilon if epsilon_high is None else epsilon_high
-    _check_loss_inputs(logprobs, old_logprobs, advantages, mask, ref_logprobs, beta, epsilon, epsilon_high)
-    aggregate = get_loss_aggregation(loss_type)
+    _check_loss_inputs(logprobs, old_logprobs, advantages, mask, ref_logprobs, beta)
     mask = mask.to(logprobs.dtype)
     adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # (N, 1) or (N, T)
 
-    log_w = get_importance_level(importance_sampling_level)(logprobs - old_logprobs, mask)  # (N, T) or (N, 1)
+    log_w = get_importance_level(opts.importance_sampling_level)(logprobs - old_logprobs, mask)  # (N, T) or (N, 1)
     ratio = torch.exp(log_w)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
     per_token = -torch.min(ratio * adv, clipped * adv).expand_as(mask)  # (N, T)
@@ -341,12 +391,12 @@ def policy_loss(
     metrics: dict[str, float] = {}
     if ref_logprobs is not None:
         kl = k3_kl(logprobs, ref_logprobs)  # (N, T)
-        if use_bias_correction_kl:
+        if opts.use_bias_correction_kl:
             kl = kl * ratio  # ratio (N, T) or (N, 1): E_old[ratio * k3] = E_current[k3]
         if beta != 0.0:
             per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask).item()
-    loss = aggregate(per_token, mask, max_completion_length, normalizer)
+    loss = opts.aggregation(per_token, mask, opts.max_completion_length, normalizer)
 
     with torch.no_grad():
         low = (ratio < 1 - epsilon) & (adv < 0)  # the min picked the clipped term: no gradient
@@ -358,6 +408,3 @@ def policy_loss(
         metrics["clip_ratio"] = masked_mean((low | high).to(mask.dtype), weight).item()
     return loss, metrics
 
-
-# Log-probs and entropy without full-vocabulary copies live in grpo/logprobs.py (pure math too); re-exported here.
-from grpo.logprobs import entropy_from_logits, fused_linear_logprobs, selective_log_softmax  # noqa: F401

@@ -14,14 +14,15 @@ Notation: N sequences, T completion tokens; ``mask`` (N, T) is 1 on tokens that 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from grpo.core import _registry
+from grpo.registry import make_registry
 
-SAMPLING_CORRECTIONS, register_sampling_correction, get_sampling_correction = _registry("vllm_importance_sampling_mode")
-
+SAMPLING_CORRECTIONS, register_sampling_correction, get_sampling_correction = make_registry(
+    "vllm_importance_sampling_mode")
 
 
 def _clip_bounds(clip_min: float | None, clip_max: float | None) -> tuple[float, float]:
@@ -55,8 +56,7 @@ def _sequence_mask(log_ratio: Tensor, clip_min: float | None, clip_max: float | 
 
 
 def sampling_correction_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor,
-                                mode: str = "sequence_mask", clip_max: float | None = 3.0,
-                                clip_min: float | None = None) -> Tensor:
+                                options: CorrectionOptions | None = None) -> Tensor:
     """Importance weights ``pi_trainer / pi_sampler`` that correct the loss for the sampler/trainer mismatch.
 
     The same math as TRL 1.16's ``vllm_importance_sampling_correction`` (``tests/test_core.py`` runs TRL's code
@@ -68,9 +68,9 @@ def sampling_correction_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, 
         sampler_logprobs: (N, T) the sampler's own log-probs of the same tokens (``RolloutBatch.sampler_logprobs``);
             NaN where the sampler gave none (weight 1 there).
         mask: (N, T) 1 on completion tokens that count; other positions do not enter a sequence's ratio.
-        mode: ``token_truncate``, ``token_mask``, ``sequence_truncate`` or ``sequence_mask`` (TRL's default).
-        clip_max: upper bound C_max (TRL's default 3.0); ``None`` = none.
-        clip_min: lower bound C_min; ``None`` = none.
+        options: the mode (``token_truncate``, ``token_mask``, ``sequence_truncate`` or ``sequence_mask``, TRL's
+            default), the upper bound C_max (TRL's default 3.0) and the lower bound C_min (``None`` = none);
+            default :class:`CorrectionOptions`.
 
     Returns:
         (N, T) weights for ``token_*`` modes, (N, 1) for ``sequence_*`` modes; detached.
@@ -78,13 +78,9 @@ def sampling_correction_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, 
     if old_logprobs.shape != sampler_logprobs.shape or old_logprobs.shape != mask.shape:
         raise ValueError(f"old_logprobs {tuple(old_logprobs.shape)}, sampler_logprobs {tuple(sampler_logprobs.shape)} "
                          f"and mask {tuple(mask.shape)} must have one shape (N, T)")
-    if clip_min is not None and clip_max is not None and clip_min >= clip_max:
-        raise ValueError(f"vllm_importance_sampling_clip_min ({clip_min}) must be below clip_max ({clip_max})")
-    fn = get_sampling_correction(mode)
-    if mode.endswith("_truncate") and clip_min is None and clip_max is None:
-        raise ValueError(f"vllm_importance_sampling_mode {mode!r} needs clip_max or clip_min")
+    opts = CorrectionOptions() if options is None else options
     log_ratio = torch.nan_to_num((old_logprobs.detach() - sampler_logprobs) * mask, nan=0.0)
-    return fn(log_ratio, clip_min, clip_max).detach()
+    return get_sampling_correction(opts.mode)(log_ratio, opts.clip_min, opts.clip_max).detach()
 
 
 def sampling_correction_metrics(old_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor,
@@ -103,3 +99,52 @@ def sampling_correction_metrics(old_logprobs: Tensor, sampler_logprobs: Tensor, 
         "sampling/importance_sampling_ratio/mean": (flat.mean() if flat.numel() else zero).item(),
         "sampling/importance_sampling_ratio/max": (flat.max() if flat.numel() else zero).item(),
     }
+
+
+@dataclass(frozen=True)
+class CorrectionOptions:
+    """The run's correction choices (TRL's ``vllm_importance_sampling_mode`` / ``_clip_max`` / ``_clip_min``),
+    checked once when built: the one place these bounds are validated.
+
+    Raises:
+        ValueError: an unknown mode, ``clip_min >= clip_max``, or a ``*_truncate`` mode with no bound.
+    """
+
+    mode: str = "sequence_mask"
+    clip_max: float | None = 3.0
+    clip_min: float | None = None
+
+    def __post_init__(self) -> None:
+        get_sampling_correction(self.mode)
+        if self.clip_min is not None and self.clip_max is not None and self.clip_min >= self.clip_max:
+            raise ValueError(f"vllm_importance_sampling_clip_min ({self.clip_min}) must be below "
+                             f"vllm_importance_sampling_clip_max ({self.clip_max})")
+        if self.mode.endswith("_truncate") and self.clip_min is None and self.clip_max is None:
+            raise ValueError(f"vllm_importance_sampling_mode {self.mode!r} needs vllm_importance_sampling_clip_max "
+                             "or vllm_importance_sampling_clip_min")
+
+
+def correction_enabled(setting: bool | None, rollout_backend: str, decode_copy: bool = False) -> bool:
+    """Whether the loss is reweighted by the sampler/trainer ratio. ``setting`` is
+    ``vllm_importance_sampling_correction``: ``None`` (auto) means on for the vllm backend (as TRL) and when decoding
+    from a bf16 copy of float32 weights (``decode_copy``, grpo/precision.py), off for compact / hf decoding with the
+    very weights the trainer scores (their mismatch is float rounding; set it true to measure it)."""
+    return (rollout_backend == "vllm" or decode_copy) if setting is None else bool(setting)
+
+
+def correct(sampler_logprobs: Tensor, old_logprobs: Tensor, mask: Tensor,
+            options: CorrectionOptions) -> tuple[Tensor, dict[str, float]]:
+    """Importance weights and TRL's ``sampling/*`` metrics for one micro-batch.
+
+    Args:
+        sampler_logprobs: (n, T) the sampler's log-probs of these rows (``RolloutBatch.sampler_logprobs``), at
+            least as wide as ``old_logprobs``; trimmed here.
+        old_logprobs, mask: (n, T') the trainer's sampling-time log-probs and the loss mask.
+        options: the mode and bounds.
+
+    Returns:
+        weights (n, T') or (n, 1), detached, and the metrics of :func:`sampling_correction_metrics`.
+    """
+    sampler = sampler_logprobs[:, : old_logprobs.size(1)].to(old_logprobs.device)
+    weights = sampling_correction_weights(old_logprobs, sampler, mask, options)
+    return weights, sampling_correction_metrics(old_logprobs, sampler, mask, weights)

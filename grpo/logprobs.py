@@ -1,6 +1,8 @@
 """Log-probs and entropy of sampled tokens without holding full-vocabulary copies: pure tensor math.
 
-Split from :mod:`grpo.core` (which re-exports these names). Notation: n rows, T tokens, V vocabulary, H hidden size.
+Also the distribution a sampler draws from (temperature, top-k, top-p: :func:`warp_logits`), shared by the rollout
+backends that sample from it and the loss that scores it (:func:`truncate_like_sampler`), so both use one
+definition. Notation: n rows, T tokens, V vocabulary, H hidden size.
 """
 
 from __future__ import annotations
@@ -196,3 +198,41 @@ def fused_linear_logprobs(hidden: Tensor, weight: Tensor, target: Tensor, temper
     logprobs, entropy = _FusedLinearLogProbs.apply(flat_h, weight, target.reshape(-1), float(temperature), chunk_size,
                                                    with_entropy)
     return logprobs.view(target.shape), entropy.view(target.shape) if with_entropy else None
+
+
+# --- the sampler's distribution ----------------------------------------------------------------------
+
+
+def warp_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """The logits of the distribution a sampler draws from: float32, divided by the temperature, with the tokens
+    outside the top k / the top-p nucleus set to -inf. (n, V) -> (n, V) float32.
+
+    ``log_softmax`` of the result is the truncated, renormalised distribution (what ``sampler_logprobs`` holds).
+    """
+    logits = logits.float() / temperature  # fp32: in bf16 the race below would break ties toward low ids
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) > top_p  # keep the smallest set reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def token_logprobs(warped: Tensor, token: Tensor) -> Tensor:
+    """``log_softmax(warped)[token]`` per row without a full-vocabulary log-softmax copy. (n, V), (n,) -> (n,)."""
+    return warped.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(warped, dim=-1)
+
+
+def truncate_like_sampler(logits: Tensor, completion_ids: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Logits (already divided by the temperature) with the tokens a top-k / top-p sampler could not draw set to
+    -inf; the sampled token is always kept. logits (n, T, V), completion_ids (n, T) -> (n, T, V), same dtype."""
+    V = logits.size(-1)
+    flat = logits.reshape(-1, V)
+    with torch.no_grad():  # which tokens are kept is not differentiated, only their renormalised log-probs
+        keep = torch.isfinite(warp_logits(flat.detach(), 1.0, top_k, top_p))
+        keep.scatter_(-1, completion_ids.reshape(-1, 1), True)
+    return flat.masked_fill(~keep, float("-inf")).view_as(logits)

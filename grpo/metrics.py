@@ -2,7 +2,8 @@
 
 The pure functions take values already gathered over ranks; :func:`rollout_metrics_over_ranks` gathers the
 per-sample values first (so percentiles and stds are over the whole global batch), and :func:`reduce_over_ranks`
-combines per-rank scalars (times, counters, update stats) by :data:`REDUCTIONS`. Names follow TRL (DESIGN.md).
+combines per-rank scalars (times, counters, update stats) by :data:`REDUCTIONS`. Names follow TRL's, so dashboards
+carry over.
 
 Notation: N rows of the global batch, G = num_generations (a prompt's G rows contiguous).
 """
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from grpo import core, reasoning
-from grpo.types import UpdateStats
+from grpo.batch import UpdateStats
 
 # How per-rank scalars combine into the logged value. Exact metric names; anything not listed is a counter
 # (reward timeouts, errors, worker failures...) and is summed over ranks. The update's own metrics take their
@@ -151,20 +152,3 @@ def rollout_metrics_over_ranks(accelerator: Any, rewards: Tensor, lengths: Tenso
     for key, values in reasoning_values(completions, reflection_words, count_tokens).items():
         m[key] = nanmean(gather(values))
     return m
-
-
-def gather_records(accelerator: Any, records: list[dict], groups_per_rank: int) -> list[dict]:
-    """Every rank's completion records in rank order, ``group`` renumbered to index the global batch (all ranks
-    call it; only the main process needs the result)."""
-    if accelerator.num_processes == 1:
-        return records
-    from accelerate.utils import gather_object
-
-    per_rank = gather_object([records])  # one list of records per rank, in rank order
-    return [dict(rec, group=rec["group"] + rank * groups_per_rank) for rank, recs in enumerate(per_rank) for rec in recs]
-
-
-def any_rank(accelerator: Any, flag: bool) -> bool:
-    """True on every rank when ``flag`` is True on any rank (one all-reduce; all ranks must call it)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return accelerator.reduce(t, reduction="sum").item() > 0

@@ -26,12 +26,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from grpo.config import PROJECT_ROOT, ConfigError, GRPOConfig
+from grpo.config import DTYPES, PROJECT_ROOT, ConfigError, GRPOConfig
+from grpo.dist import weights_sharded
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-           "float32": torch.float32, "fp32": torch.float32}
 
 
 class ModelLoadError(ConfigError):
@@ -53,9 +52,9 @@ def resolve_dtype(dtype: str, use_peft: bool, cuda: bool | None = None) -> torch
     if dtype == "auto":
         cuda = torch.cuda.is_available() if cuda is None else cuda
         return torch.bfloat16 if (cuda and use_peft) else torch.float32
-    if dtype not in _DTYPES:
-        raise ConfigError(f"dtype must be auto, bfloat16, float16 or float32; got {dtype!r}")
-    return _DTYPES[dtype]
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return getattr(torch, DTYPES[dtype])
 
 
 def _load_error(what: str, name: str, e: Exception) -> ModelLoadError:
@@ -352,7 +351,7 @@ def reference_context(model: torch.nn.Module) -> contextlib.AbstractContextManag
     model: a no-op (the trainer then uses the separate reference model). Usage in the trainer::
 
         with torch.no_grad(), reference_context(self.model):
-            ref = self.completion_logprobs(self.model, batch, idx)  # see grpo.policy
+            ref = scoring.completion_logprobs(model, rows, options)  # see grpo.scoring
     """
     if is_peft_model(model):
         return _unwrap(model).disable_adapter()
@@ -382,7 +381,7 @@ def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: 
     if accelerator is not None:
         accelerator.wait_for_everyone()
     inner = _unwrap(model) if accelerator is None else accelerator.unwrap_model(model)
-    sharded = accelerator is not None and accelerator.distributed_type.name in ("DEEPSPEED", "FSDP")
+    sharded = accelerator is not None and weights_sharded(accelerator)
     state_dict = accelerator.get_state_dict(model) if sharded else None  # a collective: every rank joins
     kind = "model"
     if is_peft_model(inner):

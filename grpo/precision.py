@@ -14,7 +14,7 @@ times slower than bf16 and nothing in the log says so. :func:`precision_plan` de
 
 The **bf16 decode copy**: under autocast every decode step would re-cast all float32 weights to bf16 (about 3 GB
 of memory traffic per token step for 0.5B parameters). The rollout backend keeps a bf16 copy of the weights
-instead, refreshed after each optimizer step (``grpo.rollout._Backend``); a LoRA model is not copied (its base is
+instead, refreshed after each optimizer step (``grpo.rollout.Backend``); a LoRA model is not copied (its base is
 already bf16). The copy's probabilities differ from the trainer's by bf16 rounding, so the sampler/trainer
 correction (``vllm_importance_sampling_correction``, auto) turns on with it.
 """
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from grpo.dist import weights_sharded
 
 
 @dataclass(frozen=True)
@@ -88,5 +90,5 @@ def plan_for_run(weight_dtype: torch.dtype, use_peft: bool) -> PrecisionPlan:
 
 def decode_copy_dtype(plan: PrecisionPlan, accelerator: Any) -> torch.dtype | None:
     """The plan's decode-copy dtype, or ``None`` under ZeRO-3 / FSDP (each rank holds only a shard of the weights)."""
-    sharded = accelerator.distributed_type.name in ("DEEPSPEED", "FSDP")
+    sharded = weights_sharded(accelerator)
     return None if sharded else plan.decode_dtype

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from grpo.errors import TrainingError
-from grpo.metrics import any_rank
+from grpo.dist import any_rank
 
 
 class StopRequest:

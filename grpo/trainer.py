@@ -2,12 +2,15 @@
 
 Everything runs through ``accelerate`` so one code path serves CPU, one GPU, DDP, DeepSpeed and FSDP.
 Each process samples its own prompts and keeps a prompt's G completions together, so group advantages
-need no communication; only metrics (and the batch std for ``scale_rewards: batch``) cross ranks.
-The pieces live elsewhere: the math in :mod:`grpo.core`, log-probs and micro-batching in :mod:`grpo.policy`,
-dynamic sampling in :mod:`grpo.dynamic_sampling`, metrics in :mod:`grpo.metrics`, the sinks in :mod:`grpo.logging`.
+need no communication; what crosses ranks is listed in :mod:`grpo.dist` (metrics, the DAPO token count, the
+skip, stop and "another round?" decisions, the batch std for ``scale_rewards: batch``).
+Data flows down: the loop hands a :class:`grpo.batch.StepBatch` to the pieces, which never call back. The math
+is in :mod:`grpo.core`, scoring (log-probs, micro-batching) in :mod:`grpo.scoring`, the sampler/trainer
+correction in :mod:`grpo.correction`, batch collection and dynamic sampling in :mod:`grpo.collect`, metrics in
+:mod:`grpo.metrics`, the sinks in :mod:`grpo.logs`.
 
-Notation: B prompts per process, G = num_generations, N = B x G sequences, P prompt tokens, T completion
-tokens.
+Notation: B prompts per process, G = group size (``num_generations``), N = B x G sequences, P prompt tokens,
+T completion tokens.
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ import torch
 from accelerate.utils import set_seed
 from torch import Tensor
 
-from grpo import core, metrics, policy
+from grpo import core, metrics, scoring
+from grpo.advantages import advantages_over_ranks
+from grpo.batch import RolloutBatch, StepBatch, UpdateStats
 from grpo.checkpoint import load_checkpoint, resolve_resume, restore_logs, save_checkpoint, write_errors
-from grpo.config import GRPOConfig
-from grpo.dynamic_sampling import advantages_over_ranks, collect
+from grpo.collect import collect
+from grpo.config import GRPOConfig, correction_options, loss_options
+from grpo.correction import correct, correction_enabled
+from grpo.dist import any_rank, gather_records, sum_over_ranks, weights_sharded
 from grpo.evaluate import eval_options, evaluate
-from grpo.logging import MetricsLogger, completion_records, tracker_names
+from grpo.logs import MetricsLogger, completion_records, tracker_names
 from grpo.model import (
     build_optimizer,
     full_weights,
@@ -41,10 +48,8 @@ from grpo.model import (
 from grpo.precision import decode_copy_dtype, plan_for_run
 from grpo.rollout import backend_for_run
 from grpo.run_record import logged_eval
-from grpo.sampling import sampling_correction_enabled, sampling_weights
 from grpo.stop import StopRequest, count_bad_steps
 from grpo.tasks import Task, get_task
-from grpo.types import StepBatch, UpdateStats
 from rewards.combine import build_rewards, score
 
 
@@ -71,108 +76,99 @@ class Trainer:
         self.ref_model = load_reference(cfg, acc.device)  # None with LoRA: reference_context(model) instead
         self.model, self.optimizer, self.scheduler = acc.prepare(model, *build_optimizer(cfg, model))
         decode_dtype = decode_copy_dtype(self.precision, acc)
-        self.sampling_correction = sampling_correction_enabled(cfg, decode_dtype is not None)
         self.backend = backend_for_run(cfg, self.tokenizer, resolve_model_path(cfg.model_name_or_path), decode_dtype)
-        # Gradient checkpointing turns the KV cache off in training, which prompt sharing needs.
-        self.share_prompts = cfg.share_prompt_forward and not cfg.gradient_checkpointing
-        # ZeRO-3 / FSDP shard the lm_head weight: the fused head needs it whole, so it computes all logits there.
-        self.sharded_weights = self.accelerator.distributed_type.name in ("DEEPSPEED", "FSDP")
+        self.loss_options = loss_options(cfg)
+        self.correction = (correction_options(cfg) if correction_enabled(
+            cfg.vllm_importance_sampling_correction, cfg.rollout_backend, decode_dtype is not None) else None)
+        self.scoring = scoring.ScoringOptions(
+            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+            # ZeRO-3 / FSDP shard the lm_head weight: the fused head needs it whole, so it computes all logits there.
+            lm_head_chunk_size=0 if weights_sharded(acc) else cfg.lm_head_chunk_size,
+            # Gradient checkpointing turns the KV cache off in training, which prompt sharing needs.
+            share_prompts=cfg.share_prompt_forward and not cfg.gradient_checkpointing)
         self.logger = MetricsLogger(cfg, acc)
         self.bad_steps = 0  # consecutive steps whose update was dropped as non-finite
 
     # --- one step ----------------------------------------------------------------------------------------
 
-    def completion_logprobs(self, model: torch.nn.Module, batch: StepBatch, idx: Tensor,
-                            with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Log-probs (n, T') of the sampled tokens of rows ``idx`` (and entropy), see :func:`policy.completion_logprobs`."""
-        r = batch.rollout
-        G = self.cfg.num_generations
-        share = self.share_prompts and policy.whole_groups(idx, G)
-        return policy.completion_logprobs(
-            model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx],
-            temperature=self.cfg.temperature, group_size=G if share else None,
-            inner=self.accelerator.unwrap_model(model), with_entropy=with_entropy, top_k=self.cfg.top_k,
-            top_p=self.cfg.top_p, lm_head_chunk_size=0 if self.sharded_weights else self.cfg.lm_head_chunk_size)
-
     def sample_round(self) -> tuple[StepBatch, dict[str, float]]:
         """Sample B prompts, G completions each, and score them. -> batch of N with rewards, round metrics."""
-        t0 = time.perf_counter()
+        t0, G = time.perf_counter(), self.cfg.num_generations
         rows = self.stream.take(self.prompts_per_step)
         with full_weights(self.model, self.accelerator) as model:  # FSDP: gathered once, not per decoded token
-            rollout = self.backend.generate(model, [r["prompt"] for r in rows], self.cfg.num_generations)
-        rows = [r for r in rows for _ in range(self.cfg.num_generations)]
+            rollout = self.backend.generate(model, [r["prompt"] for r in rows], G)
+        rows = [r for r in rows for _ in range(G)]
         t1 = time.perf_counter()
         notes: list[dict] = [{} for _ in rows]  # per-sample verdicts (accuracy's reasons) for completions.jsonl
         rewards, per_reward, reward_metrics = score(self.rewards, rollout.completions, rows, rollout.prompts,
                                                     completion_lengths=rollout.lengths.tolist(), notes=notes)
         rows = [dict(row, verdicts=note) if note else row for row, note in zip(rows, notes)]
         timing = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
-        return StepBatch(rollout, rows, rewards, per_reward), {**timing, **reward_metrics}
+        return StepBatch(rollout, rows, G, rewards, per_reward), {**timing, **reward_metrics}
 
     def collect(self) -> tuple[StepBatch, dict[str, float]]:
-        """This step's batch of N (rewards included), with DAPO dynamic sampling when configured (grpo.dynamic_sampling)."""
+        """This step's batch of N (rewards included), with DAPO dynamic sampling when configured (grpo.collect)."""
         cfg = self.cfg
-        return collect(self.sample_round, B=self.prompts_per_step, G=cfg.num_generations, dynamic=cfg.dynamic_sampling,
-                       max_rounds=cfg.max_sampling_rounds, pad_token_id=self.tokenizer.pad_token_id,
-                       any_rank_needs_more=lambda need: metrics.any_rank(self.accelerator, need))
+        return collect(self.sample_round, dynamic=cfg.dynamic_sampling, max_rounds=cfg.max_sampling_rounds,
+                       pad_token_id=self.tokenizer.pad_token_id,
+                       any_rank_needs_more=lambda need: any_rank(self.accelerator, need))
 
-    def advantages(self, rewards: Tensor) -> Tensor:
-        """Advantages (N,) for this rank's N rewards (``batch`` scaling: std over all ranks, grpo.dynamic_sampling)."""
-        cfg = self.cfg
-        return advantages_over_ranks(self.accelerator, rewards, cfg.num_generations, cfg.scale_rewards,
-                                     cfg.advantage_estimator)
+    def advantages(self, batch: StepBatch) -> Tensor:
+        """Advantages (N,) for this rank's N rewards (``batch`` scaling: std over all ranks, grpo.advantages)."""
+        return advantages_over_ranks(self.accelerator, batch.rewards, batch.group_size, self.cfg.scale_rewards,
+                                     self.cfg.advantage_estimator)
 
-    def _fixed_logprobs(self, batch: StepBatch, micro: list[Tensor]) -> tuple[list | None, list | None]:
+    def _logprobs(self, model: torch.nn.Module, rows: RolloutBatch, G: int,
+                  with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Log-probs (n, T') of the sampled tokens of ``rows`` under ``model`` (and entropy), grpo.scoring."""
+        return scoring.completion_logprobs(model, rows, self.scoring, G, inner=self.accelerator.unwrap_model(model),
+                                           with_entropy=with_entropy)
+
+    def _fixed_logprobs(self, micro: list[RolloutBatch], G: int) -> tuple[list | None, list | None]:
         """Old-policy (``num_iterations > 1``) and reference (``beta > 0``) log-probs per micro-batch, no grad."""
         cfg = self.cfg
         old = ref = None
         with torch.no_grad():
             if cfg.num_iterations > 1:  # with one update the sampling policy *is* the current one: ratio = 1
-                old = [self.completion_logprobs(self.model, batch, idx)[0] for idx in micro]
+                old = [self._logprobs(self.model, rows, G)[0] for rows in micro]
             if cfg.beta > 0:
                 if self.ref_model is not None:
-                    ref = [self.completion_logprobs(self.ref_model, batch, idx)[0] for idx in micro]
+                    ref = [self._logprobs(self.ref_model, rows, G)[0] for rows in micro]
                 else:  # LoRA: the reference is the base model, i.e. the policy with its adapter off
                     with reference_context(self.model):
-                        ref = [self.completion_logprobs(self.model, batch, idx)[0] for idx in micro]
+                        ref = [self._logprobs(self.model, rows, G)[0] for rows in micro]
         return old, ref
 
     def update(self, batch: StepBatch) -> UpdateStats:
         """``num_iterations`` optimizer steps over the batch, each accumulated over length-bucketed micro-batches."""
-        cfg, acc = self.cfg, self.accelerator
-        r = batch.rollout
-        N = r.completion_ids.size(0)
-        mask = r.completion_mask.float()
-        if cfg.mask_truncated_completions:  # DAPO: a cut-off answer is not evidence about the policy's answers
-            mask = mask * (~r.truncated).float().unsqueeze(1).to(mask.device)
+        cfg, acc, G = self.cfg, self.accelerator, batch.group_size
+        r, aggregation = batch.rollout, self.loss_options.aggregation
+        mask = loss_mask(r, cfg.mask_truncated_completions)  # (N, T)
+        # An aggregation over the whole global batch's tokens (dapo) gets their count per rank: DDP averages ranks.
+        normalizer = sum_over_ranks(acc, mask.sum()) / acc.num_processes if aggregation.global_tokens else None
+        index = scoring.micro_batches(r.prompt_mask, r.completion_mask, G, self.micro_steps)
+        micro = [r.select(idx) for idx in index]
+        old, ref = self._fixed_logprobs(micro, G)
         advantages = batch.advantages.to(acc.device)
-        # dapo divides by the active tokens of the whole global batch; DDP then averages ranks.
-        normalizer = acc.reduce(mask.sum().to(acc.device), reduction="sum").item() / acc.num_processes
-        micro = policy.micro_batches(r.prompt_mask, r.completion_mask, cfg.num_generations, self.micro_steps)
-        old, ref = self._fixed_logprobs(batch, micro)
-        stats, loss_metrics, correction = UpdateStats(), {}, {}
-        entropy_sum = entropy_tokens = 0.0
+        stats, loss_metrics, corrections, entropy = UpdateStats(), [], [], [0.0, 0.0]
         self.model.train()
         for it in range(cfg.num_iterations):
-            for j, idx in enumerate(micro):
+            for j, (idx, rows) in enumerate(zip(index, micro)):
                 with acc.accumulate(self.model):
-                    logprobs, entropy = self.completion_logprobs(self.model, batch, idx, with_entropy=(it == 0))
+                    logprobs, ent = self._logprobs(self.model, rows, G, with_entropy=(it == 0))
                     m = mask[idx][:, : logprobs.size(1)]
-                    if entropy is not None:
-                        entropy_sum += (entropy * m).sum().item()
-                        entropy_tokens += m.sum().item()
+                    if ent is not None:
+                        entropy[0] += (ent * m).sum().item()
+                        entropy[1] += m.sum().item()
                     old_j = logprobs.detach() if old is None else old[j]
-                    weights = sampling_weights(cfg, r, idx, old_j, m, correction if it == 0 else None,
-                                               self.micro_steps) if self.sampling_correction else None
+                    weights = None
+                    if self.correction is not None and rows.sampler_logprobs is not None:
+                        weights, corr = correct(rows.sampler_logprobs, old_j, m, self.correction)
+                        corrections += [corr] if it == 0 else []
                     loss, step_metrics = core.policy_loss(
-                        logprobs, old_j, advantages[idx], m, sampling_weights=weights,
-                        loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                        max_completion_length=cfg.max_completion_length,
-                        ref_logprobs=None if ref is None else ref[j], beta=cfg.beta,
-                        importance_sampling_level=cfg.importance_sampling_level, normalizer=normalizer,
-                        use_bias_correction_kl=cfg.use_bias_correction_kl)
-                    # Per-sequence losses average over micro-batches; dapo's global normaliser already sums.
-                    share = 1.0 if cfg.loss_type == "dapo" else idx.numel() / N
+                        logprobs, old_j, advantages[idx], m, self.loss_options, normalizer=normalizer,
+                        ref_logprobs=None if ref is None else ref[j], sampling_weights=weights)
+                    share = aggregation.micro_share(idx.numel(), mask.size(0))
                     # accelerate divides by gradient_accumulation_steps in backward(); undo it, our share is exact.
                     acc.backward(loss * share * self.micro_steps)
                     if acc.sync_gradients:
@@ -180,12 +176,11 @@ class Trainer:
                         stats.grad_norm += norm
                         stats.skipped_nonfinite += not ok
                 stats.loss += loss.item() * share / cfg.num_iterations
-                for k, v in step_metrics.items():  # clip ratios and kl: mean over micro-batches and iterations
-                    loss_metrics[k] = loss_metrics.get(k, 0.0) + v / (len(micro) * cfg.num_iterations)
+                loss_metrics.append(step_metrics)
         stats.grad_norm /= cfg.num_iterations
-        stats.entropy = entropy_sum / max(entropy_tokens, 1.0)
-        stats.add_loss_metrics(loss_metrics)
-        stats.sampling = correction
+        stats.entropy = entropy[0] / max(entropy[1], 1.0)
+        stats.add_loss_metrics(mean_over_micro_batches(loss_metrics))
+        stats.sampling = metrics.combine(corrections) if corrections else {}
         self.backend.sync_weights(acc.unwrap_model(self.model))
         return stats
 
@@ -199,18 +194,18 @@ class Trainer:
         t0 = time.perf_counter()
         batch, collect_metrics = self.collect()
         t2 = time.perf_counter()
-        batch.advantages = self.advantages(batch.rewards)
+        batch.advantages = self.advantages(batch)
         if self.logger.should_log_completions(step):
-            records = completion_records(step, batch, cfg.num_generations)
-            self.logger.log_completions(metrics.gather_records(acc, records, self.prompts_per_step))
+            records = completion_records(step, batch)
+            self.logger.log_completions(gather_records(acc, records, batch.num_groups))
         # All advantages zero (every group agreed) and no KL: the gradient is exactly zero, but Adam's
         # momentum would still move the weights, which damages small models. Skip the update instead.
-        any_signal = acc.reduce(batch.advantages.abs().sum().to(acc.device), reduction="sum").item() > 0
+        any_signal = sum_over_ranks(acc, batch.advantages.abs().sum()) > 0
         stats = self.update(batch) if any_signal or cfg.beta > 0 else UpdateStats.skipped()
         t3 = time.perf_counter()
         r = batch.rollout
         m = metrics.rollout_metrics_over_ranks(acc, batch.rewards, r.lengths, r.truncated, batch.per_reward,
-                                               r.completions, cfg.num_generations, cfg.reflection_words,
+                                               r.completions, batch.group_size, cfg.reflection_words,
                                                count_tokens=self._count_tokens)
         m.update(metrics.reduce_over_ranks(acc, {**stats.as_metrics(), **collect_metrics}))
         m.update(self.backend.metrics())  # e.g. compile/shapes with compile_generation
@@ -294,3 +289,22 @@ class Trainer:
         """Atomic ``output_dir/checkpoint-<step>`` with everything exact resume needs (all ranks call this)."""
         state = {"stream": self.stream.state_dict(), "bad_steps": self.bad_steps}
         return save_checkpoint(self.accelerator, self.cfg.output_dir, step, state, self.cfg.save_total_limit, self.model)
+
+
+def loss_mask(rollout: RolloutBatch, mask_truncated: bool) -> Tensor:
+    """The tokens the loss counts. -> (N, T) float: the completion mask, without truncated rows when
+    ``mask_truncated`` (DAPO: a cut-off answer is not evidence about the policy's answers)."""
+    mask = rollout.completion_mask.float()
+    if mask_truncated:
+        mask = mask * (~rollout.truncated).float().unsqueeze(1).to(mask.device)
+    return mask
+
+
+def mean_over_micro_batches(per_micro: list[dict[str, float]]) -> dict[str, float]:
+    """The loss metrics (clip ratios, kl) of every micro-batch and iteration, averaged: summed in order, each divided
+    by their count."""
+    out: dict[str, float] = {}
+    for step_metrics in per_micro:
+        for k, v in step_metrics.items():
+            out[k] = out.get(k, 0.0) + v / len(per_micro)
+    return out

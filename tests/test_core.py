@@ -16,15 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo.core import (
-    compute_advantages,
-    entropy_from_logits,
-    fused_linear_logprobs,
-    group_reward_std,
-    k3_kl,
-    policy_loss,
-    selective_log_softmax,
-)
+from grpo.core import LossOptions, compute_advantages, group_reward_std, k3_kl, policy_loss
+from grpo.logprobs import entropy_from_logits, fused_linear_logprobs, selective_log_softmax
 
 torch.set_num_threads(1)
 TINY = Path(__file__).resolve().parents[1] / "models" / "tiny-base"

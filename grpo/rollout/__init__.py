@@ -1,7 +1,8 @@
 """Rollout backends: prompts in, a typed batch of sampled completions out.
 
-Backends are registered by name (``ROLLOUT_BACKENDS``); the trainer only sees :class:`RolloutBatch`.
-``grpo.rollout.base`` holds the batch type, the shared sampling math and the base class; ``compact``, ``hf`` and
+Backends are registered by name (``ROLLOUT_BACKENDS``) with the options they take; the trainer only sees
+:class:`grpo.batch.RolloutBatch`. ``grpo.rollout.base`` holds the shared sampling math, the public
+:class:`Backend` base class and the registry; ``compact``, ``hf`` and
 ``vllm_engine`` hold one backend each (importing this package registers all three). Every backend samples the
 distribution the loss scores and returns the sampler's log-probs (docs/rollout.md).
 Notation: N = B x G sequences (a prompt's G completions contiguous), P = prompt tokens (left-padded),
@@ -9,16 +10,15 @@ T = completion tokens (right-padded).
 """
 
 from grpo.rollout.base import (
+    COMMON_OPTIONS,
     ROLLOUT_BACKENDS,
-    RolloutBatch,
+    Backend,
     backend_for_run,
     completion_mask_from_ids,
-    concat,
     draw_from_weights,
     make_backend,
     register_backend,
     sample_next,
-    select,
 )
 from grpo.rollout.compact import CompactSampler, finished_check_interval
 from grpo.rollout.hf import (
@@ -40,22 +40,21 @@ from grpo.rollout.vllm_engine import (
     vllm_sampling_kwargs,
     vllm_weights,
 )
-from grpo.sampling import token_logprobs, warp_logits
 
 __all__ = [
     "CACHE_LEN_STEP",
+    "COMMON_OPTIONS",
     "ROLLOUT_BACKENDS",
     "VLLM_GENERATION_KWARGS",
     "VLLM_NATIVE_KWARGS",
+    "Backend",
     "CompactSampler",
     "HFGenerateBackend",
-    "RolloutBatch",
     "VLLMBackend",
     "backend_for_run",
     "batch_bucket",
     "check_hf_generation_kwargs",
     "completion_mask_from_ids",
-    "concat",
     "draw_from_weights",
     "finished_check_interval",
     "lora_merged_weight",
@@ -65,11 +64,8 @@ __all__ = [
     "recompile_limit",
     "register_backend",
     "sample_next",
-    "select",
-    "token_logprobs",
     "vllm_launch_env",
     "vllm_outputs_to_tensors",
     "vllm_sampling_kwargs",
     "vllm_weights",
-    "warp_logits",
 ]

@@ -1,65 +1,39 @@
-"""Rollout basics: the typed batch every backend returns, the sampling math they share, the backend base class
-and the registry. Notation: N = B x G sequences (a prompt's G completions contiguous), P = prompt tokens
+"""Rollout basics: the sampling math the backends share, the public :class:`Backend` base class and the registry
+(each backend registers under its name with the options it takes). Backends return a
+:class:`grpo.batch.RolloutBatch`. Notation: N = B x G sequences (a prompt's G completions contiguous), P = prompt tokens
 (left-padded), T = completion tokens (right-padded).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from grpo.batch import RolloutBatch, pad_to
+from grpo.logprobs import warp_logits
 from grpo.rollout.packed import packed_copy, prepacking_available, refresh
-from grpo.sampling import warp_logits
 
-ROLLOUT_BACKENDS: dict[str, type] = {}
+if TYPE_CHECKING:
+    from grpo.config import GRPOConfig
+
+ROLLOUT_BACKENDS: dict[str, type[Backend]] = {}
+# The options every backend takes (keyword arguments of Backend.__init__); a backend adds its own in OPTIONS.
+COMMON_OPTIONS = ("max_completion_length", "temperature", "top_p", "top_k", "generation_kwargs", "prompt_bucket",
+                  "decode_dtype", "cpu_prepacked_decode")
 
 
-def register_backend(name: str) -> Callable:
-    """Register a rollout backend class under ``name``."""
+def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
+    """Register a rollout backend class under ``name`` (its ``OPTIONS`` name the keyword arguments it adds)."""
 
-    def wrap(cls: type) -> type:
+    def wrap(cls: type[Backend]) -> type[Backend]:
         ROLLOUT_BACKENDS[name] = cls
         return cls
 
     return wrap
-
-
-@dataclass
-class RolloutBatch:
-    """Sampled completions for N = B x G sequences.
-
-    Attributes:
-        prompt_ids: (N, P) left-padded prompt token ids.
-        prompt_mask: (N, P) 1 on real prompt tokens.
-        completion_ids: (N, T) sampled tokens, right-padded after EOS.
-        completion_mask: (N, T) 1 on completion tokens up to and including the first EOS.
-        truncated: (N,) True where no EOS came within ``max_completion_length`` tokens.
-        prompts: N prompt strings (each repeated G times).
-        completions: N decoded completions (special tokens removed, up to EOS).
-        sampler_logprobs: (N, T) float32 log-probs of the sampled tokens under the distribution the sampler
-            actually drew them from (temperature applied; with top-k / top-p the truncated, renormalised
-            distribution); 0 on padding and for greedy decoding (a point mass). ``None`` when a backend cannot
-            report them. The importance-sampling correction compares them with the trainer's own log-probs.
-    """
-
-    prompt_ids: Tensor
-    prompt_mask: Tensor
-    completion_ids: Tensor
-    completion_mask: Tensor
-    truncated: Tensor
-    prompts: list[str]
-    completions: list[str]
-    sampler_logprobs: Tensor | None = None
-
-    @property
-    def lengths(self) -> Tensor:
-        """(N,) completion lengths in tokens (EOS included)."""
-        return self.completion_mask.sum(-1)
 
 
 def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int | list[int]) -> tuple[Tensor, Tensor]:
@@ -130,8 +104,12 @@ def cast_copy(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
     return twin
 
 
-class _Backend:
-    """Shared parts of the backends: tokenising prompts, building the RolloutBatch."""
+class Backend:
+    """The rollout backend interface and its shared parts: tokenising prompts, the decode copy, building the
+    RolloutBatch. A backend subclasses it, implements :meth:`decode`, lists its own keyword options in ``OPTIONS``
+    and registers with :func:`register_backend`."""
+
+    OPTIONS: tuple[str, ...] = ()
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_completion_length: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, generation_kwargs: dict | None = None, prompt_bucket: int = 0,
@@ -154,7 +132,7 @@ class _Backend:
         ids, mask = enc["input_ids"], enc["attention_mask"]
         if self.prompt_bucket > 1:  # pad P up to a multiple so compiled graphs see few distinct shapes
             width = -(-ids.size(1) // self.prompt_bucket) * self.prompt_bucket
-            ids, mask = _pad_to(ids, width, self.tokenizer.pad_token_id, left=True), _pad_to(mask, width, 0, left=True)
+            ids, mask = pad_to(ids, width, self.tokenizer.pad_token_id, left=True), pad_to(mask, width, 0, left=True)
         return (ids.repeat_interleave(num_generations, dim=0).to(device),
                 mask.repeat_interleave(num_generations, dim=0).to(device))
 
@@ -240,59 +218,19 @@ class _Backend:
 
 
 
-def make_backend(name: str, tokenizer: PreTrainedTokenizerBase, **kwargs) -> _Backend:
-    """Build the rollout backend registered as ``name`` (``compact``, ``hf`` or ``vllm``)."""
+def make_backend(name: str, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> Backend:
+    """Build the rollout backend registered as ``name`` (``compact``, ``hf`` or ``vllm``) with the options it takes
+    (:data:`COMMON_OPTIONS` and its own ``OPTIONS``); options meant for other backends are left out."""
     if name not in ROLLOUT_BACKENDS:
         raise ValueError(f"unknown rollout_backend {name!r}; known: {', '.join(sorted(ROLLOUT_BACKENDS))}")
     cls = ROLLOUT_BACKENDS[name]
-    own = {"hf": ("compile_generation",),
-           "vllm": ("model_name_or_path", "gpu_memory_utilization", "max_model_len", "seed", "enable_sleep_mode")}
-    common = ("max_completion_length", "temperature", "top_p", "top_k", "generation_kwargs", "prompt_bucket",
-              "decode_dtype", "cpu_prepacked_decode")
-    args = {k: v for k, v in kwargs.items() if k in common or k in own.get(name, ())}
-    return cls(tokenizer, **args)
+    return cls(tokenizer, **{k: v for k, v in kwargs.items() if k in COMMON_OPTIONS or k in cls.OPTIONS})
 
 
-def _pad_to(x: Tensor, width: int, value: int, left: bool) -> Tensor:
-    """Pad (n, w) to (n, width) with ``value`` on the left or right."""
-    extra = width - x.size(1)
-    if extra <= 0:
-        return x
-    pad = x.new_full((x.size(0), extra), value)
-    return torch.cat([pad, x] if left else [x, pad], dim=1)
-
-
-def select(batch: RolloutBatch, idx: list[int]) -> RolloutBatch:
-    """The sequences ``idx`` of ``batch`` (same padding widths). -> RolloutBatch of len(idx)."""
-    t = torch.tensor(idx, dtype=torch.long, device=batch.prompt_ids.device)
-    logp = batch.sampler_logprobs
-    return RolloutBatch(batch.prompt_ids[t], batch.prompt_mask[t], batch.completion_ids[t], batch.completion_mask[t],
-                        batch.truncated[t.to(batch.truncated.device)], [batch.prompts[i] for i in idx],
-                        [batch.completions[i] for i in idx], None if logp is None else logp[t.to(logp.device)])
-
-
-def concat(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
-    """Stack rollout batches: prompts re-padded on the left, completions on the right. -> RolloutBatch."""
-    if len(batches) == 1:
-        return batches[0]
-    P = max(b.prompt_ids.size(1) for b in batches)
-    T = max(b.completion_ids.size(1) for b in batches)
-    with_logp = all(b.sampler_logprobs is not None for b in batches)
-    return RolloutBatch(
-        torch.cat([_pad_to(b.prompt_ids, P, pad_token_id, left=True) for b in batches]),
-        torch.cat([_pad_to(b.prompt_mask, P, 0, left=True) for b in batches]),
-        torch.cat([_pad_to(b.completion_ids, T, pad_token_id, left=False) for b in batches]),
-        torch.cat([_pad_to(b.completion_mask, T, 0, left=False) for b in batches]),
-        torch.cat([b.truncated for b in batches]),
-        [p for b in batches for p in b.prompts],
-        [c for b in batches for c in b.completions],
-        torch.cat([_pad_to(b.sampler_logprobs, T, 0, left=False) for b in batches]) if with_logp else None,
-    )
-
-
-def backend_for_run(cfg: Any, tokenizer: PreTrainedTokenizerBase, model_path: str, decode_dtype: Any = None) -> _Backend:
-    """The rollout backend a run's config asks for (``cfg`` is a ``GRPOConfig``, read but not imported here;
-    ``model_path`` the resolved model folder, which vLLM loads itself)."""
+def backend_for_run(cfg: GRPOConfig, tokenizer: PreTrainedTokenizerBase, model_path: str,
+                    decode_dtype: torch.dtype | None = None) -> Backend:
+    """The rollout backend a run's config asks for (``model_path``: the resolved model folder, which vLLM loads
+    itself; ``decode_dtype``: the decode copy's dtype, grpo/precision.py)."""
     return make_backend(
         cfg.rollout_backend, tokenizer, max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
         top_p=cfg.top_p, top_k=cfg.top_k, generation_kwargs=cfg.generation_kwargs, prompt_bucket=cfg.prompt_bucket,

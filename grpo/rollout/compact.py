@@ -6,12 +6,12 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from grpo.policy import cache_kwarg
-from grpo.rollout.base import _Backend, register_backend, sample_next
+from grpo.hf_compat import cache_kwarg
+from grpo.rollout.base import Backend, register_backend, sample_next
 
 
 @register_backend("compact")
-class CompactSampler(_Backend):
+class CompactSampler(Backend):
     """Decode loop over the model's own forward with a KV cache that drops finished sequences.
 
     ``model.generate`` keeps computing every row until the longest one ends; here a row that emits EOS

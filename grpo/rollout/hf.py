@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel
 
-from grpo.policy import cache_kwarg
-from grpo.rollout.base import _Backend, register_backend
-from grpo.sampling import token_logprobs, warp_logits
+from grpo.hf_compat import cache_kwarg
+from grpo.rollout.base import Backend, register_backend
+from grpo.logprobs import token_logprobs, warp_logits
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def neutral_generation_config(model: PreTrainedModel):
 
 
 @register_backend("hf")
-class HFGenerateBackend(_Backend):
+class HFGenerateBackend(Backend):
     """Sampling with ``model.generate`` (transformers), explicitly neutral.
 
     Nothing comes from the model's ``generation_config``: sampling is the softmax at ``temperature``, truncated
@@ -129,6 +129,8 @@ class HFGenerateBackend(_Backend):
     are padded to a multiple of ``prompt_bucket`` tokens and the batch size is fixed, letting the compiled
     CUDA graphs be reused instead of recompiled.
     """
+
+    OPTIONS = ("compile_generation",)
 
     def __init__(self, *args, compile_generation: bool = False, **kwargs):
         super().__init__(*args, **kwargs)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from grpo.rollout.base import _Backend, register_backend
+from grpo.rollout.base import Backend, register_backend
 
 # Our generation_kwargs names (transformers' GenerationConfig names, the ones compact and hf take) -> vLLM
 # SamplingParams names. vLLM-native names pass through as they are. Anything else is an error that says so.
@@ -120,7 +120,7 @@ def lora_merged_weight(module: torch.nn.Module, weight: Tensor) -> Tensor:
 
 
 @register_backend("vllm")
-class VLLMBackend(_Backend):
+class VLLMBackend(Backend):
     """vLLM colocated with training on each process's GPU, the way TRL's colocate mode runs it.
 
     Needs the ``vllm`` extra (``pip install 'grpo-zero[vllm]'``) and a CUDA GPU. Each process runs its own engine
@@ -134,6 +134,8 @@ class VLLMBackend(_Backend):
     top-k / top-p: ``logprobs_mode="processed_logprobs"``) become ``sampler_logprobs``.
     ``generation_kwargs`` are mapped to vLLM's names by :func:`vllm_sampling_kwargs`.
     """
+
+    OPTIONS = ("model_name_or_path", "gpu_memory_utilization", "max_model_len", "seed", "enable_sleep_mode")
 
     def __init__(self, *args, model_name_or_path: str, gpu_memory_utilization: float = 0.3,
                  max_model_len: int | None = None, seed: int = 0, enable_sleep_mode: bool = True, **kwargs):

@@ -1,7 +1,7 @@
 """Metric sinks: the console, ``metrics.jsonl``, ``completions.jsonl``, ``curves.png``, trackers and the run record.
 
 Only the main process writes; every number is gathered over ranks first, so files describe the whole run.
-Metric names follow TRL (see DESIGN.md) so dashboards carry over; the same names go to ``metrics.jsonl``
+Metric names follow TRL so dashboards carry over; the same names go to ``metrics.jsonl``
 and to every tracker in ``report_to`` (through accelerate's tracking API).
 
 Console: on a terminal, a rich progress bar with ETA sits under the per-step lines; when stdout is not a
@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from grpo.config import GRPOConfig, report_to_list, to_dict
 from grpo.run_record import fmt as _fmt
 from grpo.run_record import format_duration, read_jsonl, run_info, summary_lines, write_run_record
-from grpo.types import StepBatch
+from grpo.batch import StepBatch
 
 PROJECT_NAME = "grpo-zero"  # the W&B / trackio project; TensorBoard events go to output_dir/grpo-zero/
 
@@ -94,7 +94,7 @@ def format_eval_line(step: int, m: dict[str, Any]) -> str:
             f"mean length {_fmt(m.get('eval/mean_length'), '.1f')}")
 
 
-def completion_records(step: int, batch: StepBatch, group_size: int) -> list[dict]:
+def completion_records(step: int, batch: StepBatch) -> list[dict]:
     """One JSON-ready record per completion of ``batch`` (this rank's N rows, advantages computed).
 
     Fields: ``step``, ``group`` (index of its prompt in this rank's batch), ``prompt``, ``completion``, ``answer``
@@ -107,7 +107,7 @@ def completion_records(step: int, batch: StepBatch, group_size: int) -> list[dic
     named = {name: v.tolist() for name, v in batch.per_reward.items()}
     records = []
     for i in range(len(batch)):
-        rec = {"step": step, "group": i // group_size, "prompt": rollout.prompts[i], "completion": rollout.completions[i]}
+        rec = {"step": step, "group": i // batch.group_size, "prompt": rollout.prompts[i], "completion": rollout.completions[i]}
         if "answer" in batch.rows[i]:
             rec["answer"] = batch.rows[i]["answer"]
         # 6 decimals: float32 values otherwise print as 1.100000023841858

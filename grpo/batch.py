@@ -1,6 +1,8 @@
-"""Typed data that crosses module boundaries during a step: the scored rollout batch and the update's stats.
+"""Typed data that crosses module boundaries during a step: the rollout batch a backend returns, the scored
+step batch the update consumes, and the update's stats. Tensors and text only: no model, config or accelerator.
 
-Notation: B prompts, G = num_generations, N = B x G rows (a prompt's G rows contiguous), T completion tokens.
+Notation: B prompts, G = group size (the config's ``num_generations``), N = B x G rows (a prompt's G rows
+contiguous), P prompt tokens (left-padded), T completion tokens (right-padded).
 """
 
 from __future__ import annotations
@@ -11,7 +13,75 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from grpo.rollout import RolloutBatch, concat, select
+
+def pad_to(x: Tensor, width: int, value: int | float, left: bool) -> Tensor:
+    """Pad (n, w) to (n, width) with ``value`` on the left or right; wider inputs are returned as they are."""
+    extra = width - x.size(1)
+    if extra <= 0:
+        return x
+    pad = x.new_full((x.size(0), extra), value)
+    return torch.cat([pad, x] if left else [x, pad], dim=1)
+
+
+@dataclass
+class RolloutBatch:
+    """Sampled completions for N = B x G sequences.
+
+    Attributes:
+        prompt_ids: (N, P) left-padded prompt token ids.
+        prompt_mask: (N, P) 1 on real prompt tokens.
+        completion_ids: (N, T) sampled tokens, right-padded after EOS.
+        completion_mask: (N, T) 1 on completion tokens up to and including the first EOS.
+        truncated: (N,) True where no EOS came within ``max_completion_length`` tokens.
+        prompts: N prompt strings (each repeated G times).
+        completions: N decoded completions (special tokens removed, up to EOS).
+        sampler_logprobs: (N, T) float32 log-probs of the sampled tokens under the distribution the sampler
+            actually drew them from (temperature applied; with top-k / top-p the truncated, renormalised
+            distribution); 0 on padding and for greedy decoding (a point mass). ``None`` when a backend cannot
+            report them. The importance-sampling correction compares them with the trainer's own log-probs.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    truncated: Tensor
+    prompts: list[str]
+    completions: list[str]
+    sampler_logprobs: Tensor | None = None
+
+    @property
+    def lengths(self) -> Tensor:
+        """(N,) completion lengths in tokens (EOS included)."""
+        return self.completion_mask.sum(-1)
+
+    def select(self, idx: list[int] | Tensor) -> RolloutBatch:
+        """The rows ``idx`` (same padding widths). -> RolloutBatch of len(idx)."""
+        t = torch.as_tensor(idx, dtype=torch.long, device=self.prompt_ids.device)
+        rows = t.tolist()
+        logp = self.sampler_logprobs
+        return RolloutBatch(self.prompt_ids[t], self.prompt_mask[t], self.completion_ids[t], self.completion_mask[t],
+                            self.truncated[t.to(self.truncated.device)], [self.prompts[i] for i in rows],
+                            [self.completions[i] for i in rows], None if logp is None else logp[t.to(logp.device)])
+
+    @staticmethod
+    def concat(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+        """Stack rollout batches: prompts re-padded on the left, completions on the right. -> RolloutBatch."""
+        if len(batches) == 1:
+            return batches[0]
+        P = max(b.prompt_ids.size(1) for b in batches)
+        T = max(b.completion_ids.size(1) for b in batches)
+        with_logp = all(b.sampler_logprobs is not None for b in batches)
+        return RolloutBatch(
+            torch.cat([pad_to(b.prompt_ids, P, pad_token_id, left=True) for b in batches]),
+            torch.cat([pad_to(b.prompt_mask, P, 0, left=True) for b in batches]),
+            torch.cat([pad_to(b.completion_ids, T, pad_token_id, left=False) for b in batches]),
+            torch.cat([pad_to(b.completion_mask, T, 0, left=False) for b in batches]),
+            torch.cat([b.truncated for b in batches]),
+            [p for b in batches for p in b.prompts],
+            [c for b in batches for c in b.completions],
+            torch.cat([pad_to(b.sampler_logprobs, T, 0, left=False) for b in batches]) if with_logp else None,
+        )
 
 
 @dataclass
@@ -21,6 +91,7 @@ class StepBatch:
     Attributes:
         rollout: the N sampled completions (ids, masks, text).
         rows: N dataset rows (a prompt's row repeated G times): gold answers and task columns.
+        group_size: G, the rows of one prompt's group (consecutive).
         rewards: (N,) weighted reward sums.
         per_reward: reward name -> (N,) values, NaN where the reward returned None.
         advantages: (N,) once computed (``None`` before).
@@ -28,6 +99,7 @@ class StepBatch:
 
     rollout: RolloutBatch
     rows: list[dict]
+    group_size: int
     rewards: Tensor
     per_reward: dict[str, Tensor] = field(default_factory=dict)
     advantages: Tensor | None = None
@@ -38,12 +110,18 @@ class StepBatch:
     def select(self, idx: list[int]) -> StepBatch:
         """The rows ``idx`` (same padding widths). -> StepBatch of len(idx)."""
         t = torch.tensor(idx, dtype=torch.long)
-        return StepBatch(select(self.rollout, idx), [self.rows[i] for i in idx], self.rewards[t],
+        return StepBatch(self.rollout.select(idx), [self.rows[i] for i in idx], self.group_size, self.rewards[t],
                          {k: v[t] for k, v in self.per_reward.items()},
                          None if self.advantages is None else self.advantages[t])
 
-    def group(self, g: int, G: int) -> StepBatch:
+    @property
+    def num_groups(self) -> int:
+        """B, the prompts (groups of G rows) in the batch."""
+        return len(self.rows) // self.group_size
+
+    def group(self, g: int) -> StepBatch:
         """Group ``g``: rows g*G .. g*G+G-1. -> StepBatch of G."""
+        G = self.group_size
         return self.select(list(range(g * G, (g + 1) * G)))
 
     @staticmethod
@@ -53,8 +131,8 @@ class StepBatch:
             return parts[0]
         names = list(parts[0].per_reward)
         advantages = None if any(p.advantages is None for p in parts) else torch.cat([p.advantages for p in parts])
-        return StepBatch(concat([p.rollout for p in parts], pad_token_id), [r for p in parts for r in p.rows],
-                         torch.cat([p.rewards for p in parts]),
+        return StepBatch(RolloutBatch.concat([p.rollout for p in parts], pad_token_id),
+                         [r for p in parts for r in p.rows], parts[0].group_size, torch.cat([p.rewards for p in parts]),
                          {k: torch.cat([p.per_reward[k] for p in parts]) for k in names}, advantages)
 
 

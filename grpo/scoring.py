@@ -1,7 +1,14 @@
-"""The policy's side of the update: log-probs of sampled completions, prompt sharing, micro-batching.
+"""Scoring sampled completions under a model: their log-probs, prompt sharing, micro-batching.
 
-Everything here is a function of tensors and a model; no config, tokenizer or accelerator object. The trainer
-calls :func:`completion_logprobs` for the policy, the old policy and the reference model alike.
+Everything here is a function of a batch slice, frozen options and a model; no config, tokenizer or accelerator
+object. The update calls :func:`completion_logprobs` for the policy, the old policy and the reference model alike.
+
+The loss scores the distribution the sampler drew from: every backend samples ``softmax(logits / temperature)``
+truncated to the top ``top_k`` tokens and the ``top_p`` nucleus (``grpo.logprobs.warp_logits``), and the log-probs
+here use the same truncated, renormalised distribution (the sampled token is always kept: the trainer's logits
+differ from the sampler's by rounding, which could move a token on the boundary out of the set). Entropy is
+reported for the untruncated policy. A remaining numerical mismatch (vLLM, a bf16 decode copy) is corrected by
+importance weights in :mod:`grpo.correction`.
 
 Notation: B prompts, G = num_generations, N = B x G sequences (a prompt's G rows contiguous), P prompt tokens
 (left-padded), T completion tokens (right-padded), V vocabulary.
@@ -10,28 +17,45 @@ Notation: B prompts, G = num_generations, N = B x G sequences (a prompt's G rows
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from grpo import core
-from grpo.sampling import truncate_like_sampler
+from grpo.batch import RolloutBatch
+from grpo.hf_compat import cache_kwarg
+from grpo.logprobs import entropy_from_logits, fused_linear_logprobs, selective_log_softmax, truncate_like_sampler
 
 
-def cache_kwarg(model: torch.nn.Module) -> str:
-    """The forward argument that takes a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How completions are scored, fixed for a run.
+
+    Attributes:
+        temperature: the sampling temperature; logits are divided by it, so the tokens are scored under the
+            distribution that sampled them.
+        top_k, top_p: the sampler's truncation (the log-probs are those of the truncated distribution).
+        lm_head_chunk_size: tokens per chunk of the fused lm_head + log-softmax; 0 computes all logits at once
+            (and must be 0 when the weights are sharded, ZeRO-3 / FSDP: the head's weight is then not whole).
+        share_prompts: run each prompt once for its G rows (needs the KV cache, so not with gradient
+            checkpointing).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    lm_head_chunk_size: int = 0
+    share_prompts: bool = True
 
 
-def whole_groups(idx: Tensor, G: int) -> bool:
-    """True when ``idx`` (n,) lists whole groups, each as G consecutive rows g*G .. g*G+G-1."""
-    if idx.numel() % G:
+def whole_groups(rows: RolloutBatch, G: int) -> bool:
+    """True when ``rows`` come as whole groups: each run of G consecutive rows holds one prompt's G copies."""
+    n = rows.prompt_ids.size(0)
+    if n % G:
         return False
-    groups = idx.view(-1, G)
-    return bool((groups[:, 0] % G == 0).all() and (groups - groups[:, :1] == torch.arange(G, device=idx.device)).all())
+    ids, mask = rows.prompt_ids.view(n // G, G, -1), rows.prompt_mask.view(n // G, G, -1)
+    return bool((ids == ids[:, :1]).all() and (mask == mask[:, :1]).all())
 
 
 def micro_batches(prompt_mask: Tensor, completion_mask: Tensor, G: int, pieces: int) -> list[Tensor]:
@@ -64,7 +88,7 @@ def lm_head_bypassed(model: torch.nn.Module, enabled: bool = True) -> Iterator[T
     """Context in which ``model(...).logits`` are the final hidden states (n, T, H) instead of (n, T, V) logits.
 
     Yields the output projection's weight (V, H) so the caller can apply it fused with the log-softmax
-    (:func:`grpo.core.fused_linear_logprobs`), or ``None`` (and leaves the model alone) when that would not be
+    (:func:`grpo.logprobs.fused_linear_logprobs`), or ``None`` (and leaves the model alone) when that would not be
     the same computation: a head that is not a plain bias-free ``nn.Linear`` (e.g. a LoRA adapter on it),
     logit soft-capping or scaling after the head, or ``enabled`` False (sharded weights under ZeRO-3 / FSDP).
     ``model`` is the unwrapped module (a peft model is fine); the patched head is shared with any DDP wrapper
@@ -85,43 +109,41 @@ def lm_head_bypassed(model: torch.nn.Module, enabled: bool = True) -> Iterator[T
         del head.forward
 
 
-def completion_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                        completion_mask: Tensor, *, temperature: float, group_size: int | None = None,
-                        inner: torch.nn.Module | None = None, with_entropy: bool = False, top_k: int = 0,
-                        top_p: float = 1.0, lm_head_chunk_size: int = 0) -> tuple[Tensor, Tensor | None]:
-    """Log-probs of the sampled completion tokens. -> (n, T') and entropy (n, T') or None.
+def completion_logprobs(model: torch.nn.Module, rows: RolloutBatch, options: ScoringOptions,
+                        group_size: int | None = None, *, inner: torch.nn.Module | None = None,
+                        with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs of the sampled completion tokens of ``rows``. -> (n, T') and entropy (n, T') or None.
 
     The rows are trimmed to their own widths first (P' = longest real prompt, T' = longest completion among
-    them), so a micro-batch of short sequences costs what short sequences need. With ``group_size`` G (rows in
-    whole groups of G identical prompts), each prompt runs once and its KV cache (with gradient) serves its G
-    completions: same values and gradient, fewer FLOPs. Only the T' completion positions get logits, and
-    log-softmax runs in chunks. With ``lm_head_chunk_size`` > 0 the model returns hidden states and the lm_head is
-    applied fused with the log-softmax, that many tokens at a time (:func:`grpo.core.fused_linear_logprobs`), so
-    (n, T', V) logits never exist.
+    them), so a micro-batch of short sequences costs what short sequences need. With ``group_size`` G and
+    ``options.share_prompts`` (rows in whole groups of G identical prompts), each prompt runs once and its KV
+    cache (with gradient) serves its G completions: same values and gradient, fewer FLOPs. Only the T' completion
+    positions get logits, and log-softmax runs in chunks. With ``lm_head_chunk_size`` > 0 the model returns hidden
+    states and the lm_head is applied fused with the log-softmax, that many tokens at a time
+    (:func:`grpo.logprobs.fused_linear_logprobs`), so (n, T', V) logits never exist; truncated sampling (top-k /
+    top-p) needs the full logits, so it uses the unfused path.
 
     Args:
         model: the (possibly wrapped, e.g. DDP) causal LM.
-        prompt_ids, prompt_mask: (n, P) left-padded; completion_ids, completion_mask: (n, T) right-padded.
-        temperature: the sampling temperature; logits are divided by it, so the tokens are scored under the
-            distribution that sampled them.
-        group_size: G to share each prompt's forward among its G rows; None runs every row in full.
+        rows: n rows of a rollout batch (``RolloutBatch.select``): prompt_ids/mask (n, P) left-padded,
+            completion_ids/mask (n, T) right-padded.
+        options: temperature, truncation, head chunking, prompt sharing.
+        group_size: G when ``rows`` are whole groups of G (the shared prompt pass needs it); None = every row
+            in full.
         inner: the unwrapped model for the shared prompt pass (defaults to ``model``).
         with_entropy: also return the per-token entropy (detached), of the untruncated distribution.
-        top_k, top_p: the sampler's truncation: the log-probs are those of the truncated, renormalised
-            distribution the tokens were drawn from (``grpo.sampling.truncate_like_sampler``).
-        lm_head_chunk_size: tokens per chunk of the fused lm_head + log-softmax; 0 computes all logits at once.
-            Pass 0 when the weights are sharded (ZeRO-3 / FSDP): the head's weight is then not whole. Truncated
-            sampling (top-k / top-p) needs the full logits, so it uses the unfused path.
     """
-    P = int(prompt_mask.sum(dim=1).max().item())
-    T = max(int(completion_mask.sum(dim=1).max().item()), 1)
-    prompt_ids, completion_ids = prompt_ids[:, -P:], completion_ids[:, :T]
-    prompt_mask, completion_mask = prompt_mask[:, -P:], completion_mask[:, :T]
+    opts = options
+    P = int(rows.prompt_mask.sum(dim=1).max().item())
+    T = max(int(rows.completion_mask.sum(dim=1).max().item()), 1)
+    prompt_ids, completion_ids = rows.prompt_ids[:, -P:], rows.completion_ids[:, :T]
+    prompt_mask, completion_mask = rows.prompt_mask[:, -P:], rows.completion_mask[:, :T]
+    share = group_size if opts.share_prompts and group_size and whole_groups(rows, group_size) else None
+    truncated = bool(opts.top_k or opts.top_p < 1.0)
     # With the lm_head bypassed the "logits" below are hidden states (n, T', H).
-    fused = lm_head_chunk_size > 0 and not (top_k or top_p < 1.0)
-    with lm_head_bypassed(model if inner is None else inner, fused) as head_weight:
-        if group_size:
-            logits = shared_prefix_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size,
+    with lm_head_bypassed(model if inner is None else inner, opts.lm_head_chunk_size > 0 and not truncated) as head:
+        if share:
+            logits = shared_prefix_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, share,
                                           inner=inner)
         else:
             input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (n, P' + T')
@@ -129,15 +151,14 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask:
             position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
             logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                            logits_to_keep=T + 1).logits[:, :-1]  # (n, T', V): position t predicts token t
-    if head_weight is not None:
-        return core.fused_linear_logprobs(logits, head_weight, completion_ids, temperature, lm_head_chunk_size,
-                                          with_entropy)
-    logits = logits / temperature
-    entropy = core.entropy_from_logits(logits.detach()) if with_entropy else None
-    if top_k or top_p < 1.0:
-        logits = truncate_like_sampler(logits, completion_ids, top_k, top_p)
-    logprobs = core.selective_log_softmax(logits, completion_ids)
-    return logprobs, entropy
+    if head is not None:
+        return fused_linear_logprobs(logits, head, completion_ids, opts.temperature, opts.lm_head_chunk_size,
+                                     with_entropy)
+    logits = logits / opts.temperature
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    if truncated:
+        logits = truncate_like_sampler(logits, completion_ids, opts.top_k, opts.top_p)
+    return selective_log_softmax(logits, completion_ids), entropy
 
 
 def shared_prefix_logits(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,

@@ -1,4 +1,4 @@
-"""Collecting a step's batch, with DAPO's dynamic sampling.
+"""Collecting a step's batch of scored rollouts, with DAPO's dynamic sampling.
 
 A group whose G rewards all agree has zero advantage and teaches nothing. With dynamic sampling such groups are
 dropped and more prompts are sampled until B groups with signal are found or ``max_sampling_rounds`` is reached;
@@ -10,22 +10,18 @@ Notation: B prompts per step and process, G = num_generations, N = B x G.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from torch import Tensor
 
 from grpo import core
-from grpo.types import StepBatch
+from grpo.batch import StepBatch
 
 
-def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, B: int, G: int, dynamic: bool,
-            max_rounds: int, pad_token_id: int, any_rank_needs_more: Callable[[bool], bool]) -> tuple[StepBatch, dict]:
+def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, dynamic: bool, max_rounds: int,
+            pad_token_id: int, any_rank_needs_more: Callable[[bool], bool]) -> tuple[StepBatch, dict[str, float]]:
     """Sample and score rounds of B prompts until the step's batch is complete. -> (batch of N, metrics).
 
     Args:
-        sample_round: samples and scores B prompts -> (batch of N rows with rewards, metrics of the round:
-            ``time/*`` and reward counters, summed over rounds).
-        B, G: prompts per round and completions per prompt.
+        sample_round: samples and scores B prompts -> (batch of N = B x G rows with rewards, metrics of the
+            round: ``time/*`` and reward counters, summed over rounds). B and G come from the batch.
         dynamic: keep only groups whose rewards differ (DAPO); False returns the first round as is.
         max_rounds: most rounds per step.
         pad_token_id: to re-pad groups taken from different rounds.
@@ -48,25 +44,15 @@ def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, B
         rounds += 1
         if not dynamic:
             return batch, metrics
-        has_signal = core.group_reward_std(batch.rewards, G) > 0  # (B,)
+        B = batch.num_groups
+        has_signal = core.group_reward_std(batch.rewards, batch.group_size) > 0  # (B,)
         seen += B
         for g in range(B):
             (kept if has_signal[g] else spare).append((batch, g))
         if not any_rank_needs_more(len(kept) < B and rounds < max_rounds):
             break
-    groups = [b.group(g, G) for b, g in (kept + spare)[:B]]
+    groups = [b.group(g) for b, g in (kept + spare)[:B]]
     batch = StepBatch.concat(groups, pad_token_id)
     metrics.update({"dynamic_sampling/rounds": float(rounds), "dynamic_sampling/signal_groups_frac": len(kept) / seen,
                     "dynamic_sampling/filled_frac": min(len(kept), B) / B})
     return batch, metrics
-
-
-def advantages_over_ranks(accelerator: Any, rewards: Tensor, G: int, scale: str, estimator: str) -> Tensor:
-    """Advantages (N,) for this rank's N rewards. ``scale == "batch"`` uses the std over all ranks' rewards
-    (all ranks call it then); group scaling needs no communication (a prompt's G rows are on one rank)."""
-    if scale == "batch" and accelerator.num_processes > 1:
-        all_rewards = accelerator.gather(rewards.to(accelerator.device)).cpu()
-        adv = core.compute_advantages(all_rewards, G, scale, estimator)
-        n = rewards.numel()
-        return adv[accelerator.process_index * n : (accelerator.process_index + 1) * n]
-    return core.compute_advantages(rewards, G, scale, estimator)
