@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
         cfg, task = preflight(cfg)
     except ConfigError as e:
         return fail(str(e), 2)
-    from grpo.model import close_distributed
+    from grpo.accelerator import close_distributed
     from grpo.trainer import Trainer  # heavy imports only after the config is known to be good
     from rewards.combine import RewardError
 

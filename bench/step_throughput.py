@@ -96,7 +96,7 @@ class GradientStates:
 
 def qwen05b_random(out: Path, tokenizer_src: Path) -> None:
     """A random-initialised Qwen2.5-0.5B-shaped model and a tokenizer covering its vocabulary (no download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, Regex
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     base = json.loads((tokenizer_src / "tokenizer.json").read_text())["model"]["vocab"]

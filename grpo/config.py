@@ -22,6 +22,7 @@ import yaml
 from grpo import core, correction
 from grpo.errors import ConfigError
 from grpo.reasoning import DEFAULT_REFLECTION_WORDS
+from grpo.trackers import TRACKERS, report_to_list
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
@@ -353,27 +354,6 @@ def _check_model_options(cfg: GRPOConfig) -> None:
         raise ConfigError(f"eval_pass_k must be >= 1, got {cfg.eval_pass_k}")
 
 
-# report_to name -> (modules any of which makes it work, the pip extra that installs one)
-TRACKERS = {"tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"), "wandb": (("wandb",), "wandb"),
-            "trackio": (("trackio",), "trackio")}
-
-
-def installed(modules: tuple[str, ...]) -> bool:
-    """True when any of ``modules`` can be imported (looked up, not imported)."""
-    import importlib.util
-
-    return any(importlib.util.find_spec(m) is not None for m in modules)
-
-
-def report_to_list(report_to: list | str | None) -> list[str]:
-    """Tracker names from ``report_to``: None/'none' -> [], 'all' -> every installed tracker, else as given."""
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    names = [str(n).strip().lower() for n in names]
-    if "all" in names:
-        return [t for t, (modules, _) in TRACKERS.items() if installed(modules)]
-    return list(dict.fromkeys(n for n in names if n and n != "none"))
-
-
 def _check_logging(cfg: GRPOConfig) -> None:
     """Tracker names must be known and reflection words strings (whether trackers are installed: preflight)."""
     if cfg.log_completions_steps < 0:
@@ -412,26 +392,3 @@ def help_text() -> str:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         lines.append(f"  --{f.name} ({default!r})\n      {f.metadata['help']}")
     return "\n".join(lines)
-
-
-# Keys that may change when a run resumes: they decide how long it runs and what it writes, not what a step
-# computes. Every other key (model, task and its kwargs, rewards, batch shape, G, algorithm, sampling, seed...)
-# must match the checkpoint's run, or resuming would silently mix two experiments.
-RESUMABLE_KEYS = frozenset({
-    "max_steps", "eval_steps", "eval_batch_size", "logging_steps", "report_to", "log_completions_steps",
-    "save_final_model", "save_steps", "save_total_limit", "resume_from_checkpoint", "overwrite_output_dir",
-    "max_bad_steps", "cpu_threads", "output_dir", "reflection_words", "eval_pass_k", "eval_max_completion_length",
-    "eval_reward", "smoke",
-})
-
-
-def resume_conflicts(saved: dict, cfg: GRPOConfig) -> list[str]:
-    """Keys whose value in ``cfg`` differs from the resumed run's saved config (its ``config.yaml``), sorted.
-
-    Keys in :data:`RESUMABLE_KEYS` may differ; a key the saved config lacks (written by an older version) is
-    taken as its default.
-    """
-    new = to_dict(cfg)
-    defaults = to_dict(GRPOConfig())
-    return sorted(k for k, v in new.items()
-                  if k not in RESUMABLE_KEYS and saved.get(k, defaults.get(k)) != v)

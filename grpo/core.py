@@ -1,7 +1,6 @@
-"""The GRPO algorithm family as pure tensor math: advantages, policy losses, aggregation, KL, entropy.
-
-Tensor in, tensor out: nothing here knows about models, tokenizers, accelerators or configs (the verl
-``core_algos.py`` idea). Variation points are registered by name and an unknown name lists the known ones.
+"""The GRPO algorithm family as pure tensor math: advantages, policy losses, aggregation, KL. Tensor in, tensor
+out: nothing here knows about models, tokenizers, accelerators or configs. Variation points are registered by
+name (grpo/registry.py) and an unknown name lists the known ones. Log-probs and entropy: grpo/logprobs.py.
 
 Notation: N = B x G sequences (B prompts, G generations each, a prompt's G completions contiguous),
 T = completion tokens (padded), V = vocabulary. ``mask`` (N, T) is 1 on real completion tokens.
@@ -165,10 +164,7 @@ def group_reward_std(rewards: Tensor, group_size: int) -> Tensor:
     return torch.nan_to_num(nanstd(rewards.view(-1, group_size), dim=1), nan=0.0)
 
 
-# --- loss aggregation ----------------------------------------------------------------------------------
-# Each aggregation reduces per_token (N, T) with mask (N, T) to a scalar, and declares what the update loop
-# needs to know about it: whether its normaliser is the global batch's active-token count (so the loop
-# all-reduces that count), and what share of the whole batch's loss one micro-batch's value stands for.
+# --- loss aggregation: each reduces per_token (N, T) to a scalar and declares what the update loop needs ---------
 
 
 @dataclass(frozen=True)
@@ -342,17 +338,9 @@ def _check_loss_inputs(logprobs: Tensor, old_logprobs: Tensor, advantages: Tenso
         raise ValueError("beta != 0 needs ref_logprobs (reference-model log-probs); pass them or set beta=0")
 
 
-def policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor | None,
-    advantages: Tensor,
-    mask: Tensor,
-    options: LossOptions | None = None,
-    *,
-    ref_logprobs: Tensor | None = None,
-    normalizer: float | None = None,
-    sampling_weights: Tensor | None = None,
-) -> tuple[Tensor, dict[str, float]]:
+def policy_loss(logprobs: Tensor, old_logprobs: Tensor | None, advantages: Tensor, mask: Tensor,
+                options: LossOptions | None = None, *, ref_logprobs: Tensor | None = None,
+                normalizer: float | None = None, sampling_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Clipped surrogate loss (PPO/GRPO) plus the k3 KL penalty, aggregated by ``options.loss_type``.
 
     Args:
@@ -397,14 +385,16 @@ def policy_loss(
             per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask).item()
     loss = opts.aggregation(per_token, mask, opts.max_completion_length, normalizer)
+    return loss, {**metrics, **_clip_metrics(ratio.detach(), adv, mask, epsilon, epsilon_high)}
 
-    with torch.no_grad():
-        low = (ratio < 1 - epsilon) & (adv < 0)  # the min picked the clipped term: no gradient
-        high = (ratio > 1 + epsilon_high) & (adv > 0)
-        # TRL averages over active tokens, or over sequences when there is one ratio per sequence.
-        weight = mask if low.size(-1) == mask.size(-1) else torch.ones_like(low, dtype=mask.dtype)
-        metrics["clip_ratio/low"] = masked_mean(low.to(mask.dtype), weight).item()
-        metrics["clip_ratio/high"] = masked_mean(high.to(mask.dtype), weight).item()
-        metrics["clip_ratio"] = masked_mean((low | high).to(mask.dtype), weight).item()
-    return loss, metrics
+
+def _clip_metrics(ratio: Tensor, adv: Tensor, mask: Tensor, epsilon: float, epsilon_high: float) -> dict[str, float]:
+    """Shares where clipping removed the gradient: ``clip_ratio/low``, ``clip_ratio/high``, ``clip_ratio``. TRL
+    averages over active tokens, or over sequences when there is one ratio per sequence. ratio (N, T) or (N, 1)."""
+    low = (ratio < 1 - epsilon) & (adv < 0)  # the min picked the clipped term: no gradient
+    high = (ratio > 1 + epsilon_high) & (adv > 0)
+    weight = mask if low.size(-1) == mask.size(-1) else torch.ones_like(low, dtype=mask.dtype)
+    return {"clip_ratio/low": masked_mean(low.to(mask.dtype), weight).item(),
+            "clip_ratio/high": masked_mean(high.to(mask.dtype), weight).item(),
+            "clip_ratio": masked_mean((low | high).to(mask.dtype), weight).item()}
 

@@ -220,8 +220,9 @@ def _preflight(args: argparse.Namespace, s: dict[str, Any]) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """The ``python -m grpo.evaluate`` command. Returns the exit code (2 for a bad argument, model or dataset)."""
     args = _parser().parse_args(argv)
+    from grpo.accelerator import close_distributed
     from grpo.errors import ConfigError
-    from grpo.model import close_distributed, load_for_eval
+    from grpo.model import load_for_eval
     from grpo.tasks import reward_defaults
 
     try:

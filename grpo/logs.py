@@ -23,10 +23,11 @@ from accelerate import Accelerator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from grpo.config import GRPOConfig, report_to_list, to_dict
+from grpo.batch import StepBatch
+from grpo.config import GRPOConfig, to_dict
 from grpo.run_record import fmt as _fmt
 from grpo.run_record import format_duration, read_jsonl, run_info, summary_lines, write_run_record
-from grpo.batch import StepBatch
+from grpo.trackers import report_to_list
 
 PROJECT_NAME = "grpo-zero"  # the W&B / trackio project; TensorBoard events go to output_dir/grpo-zero/
 

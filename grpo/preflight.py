@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
-from grpo.config import TRACKERS, GRPOConfig, installed, report_to_list, resume_conflicts, validate
+from grpo.config import GRPOConfig, to_dict, validate
 from grpo.errors import ConfigError
 from grpo.tasks import Task, check_rewards_match, get_task
+from grpo.trackers import TRACKERS, installed, report_to_list
 
 
 def preflight(cfg: GRPOConfig, resume: bool = True) -> tuple[GRPOConfig, Task]:
@@ -122,7 +123,7 @@ def check_resume(cfg: GRPOConfig) -> None:
 
     Keys that change what a step computes (model, task and its kwargs, rewards, batch shape, G, algorithm, sampling,
     seed) and the world size must match the checkpoint's run (its ``config.yaml`` and ``run_info.json``); run-length
-    and logging keys (``config.RESUMABLE_KEYS``) may change.
+    and logging keys (``RESUMABLE_KEYS``) may change.
     """
     if cfg.resume_from_checkpoint and not (Path(cfg.resume_from_checkpoint) / "trainer_state.json").is_file():
         raise ConfigError(f"resume_from_checkpoint {cfg.resume_from_checkpoint} is not a complete checkpoint folder "
@@ -218,3 +219,26 @@ def prepare(argv: list[str] | None = None) -> tuple[GRPOConfig, Task]:
     from grpo.config import load_config
 
     return preflight(load_config(argv))
+
+
+# Keys that may change when a run resumes: they decide how long it runs and what it writes, not what a step
+# computes. Every other key (model, task and its kwargs, rewards, batch shape, G, algorithm, sampling, seed...)
+# must match the checkpoint's run, or resuming would silently mix two experiments.
+RESUMABLE_KEYS = frozenset({
+    "max_steps", "eval_steps", "eval_batch_size", "logging_steps", "report_to", "log_completions_steps",
+    "save_final_model", "save_steps", "save_total_limit", "resume_from_checkpoint", "overwrite_output_dir",
+    "max_bad_steps", "cpu_threads", "output_dir", "reflection_words", "eval_pass_k", "eval_max_completion_length",
+    "eval_reward", "smoke",
+})
+
+
+def resume_conflicts(saved: dict, cfg: GRPOConfig) -> list[str]:
+    """Keys whose value in ``cfg`` differs from the resumed run's saved config (its ``config.yaml``), sorted.
+
+    Keys in :data:`RESUMABLE_KEYS` may differ; a key the saved config lacks (written by an older version) is
+    taken as its default.
+    """
+    new = to_dict(cfg)
+    defaults = to_dict(GRPOConfig())
+    return sorted(k for k, v in new.items()
+                  if k not in RESUMABLE_KEYS and saved.get(k, defaults.get(k)) != v)

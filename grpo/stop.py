@@ -12,8 +12,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from grpo.errors import TrainingError
 from grpo.dist import any_rank
+from grpo.errors import TrainingError
 
 
 class StopRequest:

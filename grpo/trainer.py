@@ -23,6 +23,7 @@ from accelerate.utils import set_seed
 from torch import Tensor
 
 from grpo import core, metrics, scoring
+from grpo.accelerator import build_optimizer, full_weights, make_accelerator, optimizer_step
 from grpo.advantages import advantages_over_ranks
 from grpo.batch import RolloutBatch, StepBatch, UpdateStats
 from grpo.checkpoint import load_checkpoint, resolve_resume, restore_logs, save_checkpoint, write_errors
@@ -33,13 +34,9 @@ from grpo.dist import any_rank, gather_records, sum_over_ranks, weights_sharded
 from grpo.evaluate import eval_options, evaluate
 from grpo.logs import MetricsLogger, completion_records, tracker_names
 from grpo.model import (
-    build_optimizer,
-    full_weights,
     load_policy,
     load_reference,
     load_tokenizer,
-    make_accelerator,
-    optimizer_step,
     reference_context,
     resolve_dtype,
     resolve_model_path,
@@ -185,7 +182,7 @@ class Trainer:
         return stats
 
     def _optimizer_step(self) -> tuple[float, bool]:
-        """Clip, then step unless the gradient is not finite (grpo.model.optimizer_step). -> (norm, stepped)."""
+        """Clip, then step unless the gradient is not finite (grpo.accelerator.optimizer_step). -> (norm, stepped)."""
         return optimizer_step(self.accelerator, self.model, self.optimizer, self.scheduler, self.cfg.max_grad_norm)
 
     def step(self, step: int) -> dict[str, float]:

@@ -188,14 +188,17 @@ def test_eval_reward_needing_a_missing_column_fails_before_the_model_loads():
 def test_sampling_correction_keys(tmp_path):
     """TRL's names; auto (None) by default; bounds and modes checked in one line."""
     from grpo.config import help_text
-    from grpo.sampling import sampling_correction_enabled
+    from grpo.correction import correction_enabled
 
     assert "--vllm_importance_sampling_correction" in help_text()
     out = ["--output_dir", str(tmp_path / "o")]
     cfg = load_config(out)
     assert cfg.vllm_importance_sampling_correction is None and cfg.vllm_importance_sampling_mode == "sequence_mask"
-    assert not sampling_correction_enabled(cfg) and sampling_correction_enabled(cfg, decode_copy=True)
-    assert sampling_correction_enabled(load_config([*out, "--vllm_importance_sampling_correction", "true"]))
+    assert not correction_enabled(cfg.vllm_importance_sampling_correction, cfg.rollout_backend)
+    assert correction_enabled(cfg.vllm_importance_sampling_correction, cfg.rollout_backend, decode_copy=True)
+    assert correction_enabled(None, "vllm") and not correction_enabled(False, "vllm")
+    on = load_config([*out, "--vllm_importance_sampling_correction", "true"])
+    assert correction_enabled(on.vllm_importance_sampling_correction, on.rollout_backend)
     for argv, fragment in [
         (["--vllm_importance_sampling_mode", "token"], "must be one of token_truncate, token_mask"),
         (["--vllm_importance_sampling_clip_min", "2", "--vllm_importance_sampling_clip_max", "1"], "must be below"),

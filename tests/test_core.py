@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo.core import LossOptions, compute_advantages, group_reward_std, k3_kl, policy_loss
+from grpo import core
+from grpo.core import LossOptions, compute_advantages, group_reward_std, k3_kl
 from grpo.logprobs import entropy_from_logits, fused_linear_logprobs, selective_log_softmax
 
 torch.set_num_threads(1)
@@ -24,6 +25,20 @@ TINY = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
 EPS = 1e-4  # TRL's std epsilon, restated here so the expected values do not import it
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
 F64 = torch.float64
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, *, ref_logprobs=None, normalizer=None,
+                sampling_weights=None, **options):
+    """``core.policy_loss`` with its ``LossOptions`` built from keywords, so each case reads as one line."""
+    return core.policy_loss(logprobs, old_logprobs, advantages, mask, LossOptions(**options),
+                            ref_logprobs=ref_logprobs, normalizer=normalizer, sampling_weights=sampling_weights)
+
+
+def correction_weights(old, sampler, mask, mode, clip_max=3.0, clip_min=None):
+    """``sampling_correction_weights`` with its ``CorrectionOptions`` built from the arguments."""
+    from grpo.correction import CorrectionOptions, sampling_correction_weights
+
+    return sampling_correction_weights(old, sampler, mask, CorrectionOptions(mode, clip_max, clip_min))
 
 
 def close(actual: torch.Tensor | float, expected: list[float] | float, tol: float = 1e-9) -> None:
@@ -504,7 +519,7 @@ def _trl_sampling_ratio(tr, old: torch.Tensor, sampler: torch.Tensor, mask: torc
 @pytest.mark.parametrize("clip_min, clip_max", [(None, 3.0), (0.5, 1.5), (0.8, None)])
 def test_sampling_correction_matches_trl(trl_trainers, mode: str, clip_min: float | None, clip_max: float | None):
     """Our weights and metrics equal TRL 1.16's own computation on the same inputs, every mode and bound."""
-    from grpo.correction import sampling_correction_metrics, sampling_correction_weights
+    from grpo.correction import sampling_correction_metrics
 
     if mode.endswith("truncate") and clip_max is None and clip_min is None:
         pytest.skip("TRL's config rejects a truncate mode without bounds (so do we)")
@@ -519,7 +534,7 @@ def test_sampling_correction_matches_trl(trl_trainers, mode: str, clip_min: floa
     noise[5] = 0.5  # the sampler likes sequence 5 more: token ratios 0.61, sequence ratio 0.14 (below the lower bounds)
     sampler = (old + noise) * mask
     want, trl_m = _trl_sampling_ratio(tr, old, sampler, mask, mode, clip_max, clip_min)
-    got = sampling_correction_weights(old, sampler, mask, mode, clip_max=clip_max, clip_min=clip_min)
+    got = correction_weights(old, sampler, mask, mode, clip_max=clip_max, clip_min=clip_min)
     assert got.shape == want.shape == ((n, 1) if mode.startswith("sequence") else (n, t))
     assert torch.allclose(got, want.to(got.dtype), atol=1e-6, rtol=1e-6), (got, want)
     ours_m = sampling_correction_metrics(old, sampler, mask, got)
@@ -527,7 +542,7 @@ def test_sampling_correction_matches_trl(trl_trainers, mode: str, clip_min: floa
         assert ours_m[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     assert set(trl_m) == set(ours_m)
     # the inputs exercise the bounds: something is clipped or masked in every case
-    raw = sampling_correction_weights(old, sampler, mask, "token_truncate" if mode.startswith("token") else
+    raw = correction_weights(old, sampler, mask, "token_truncate" if mode.startswith("token") else
                                       "sequence_truncate", clip_max=1e9)
     assert not torch.allclose(got, raw)
 
@@ -535,7 +550,6 @@ def test_sampling_correction_matches_trl(trl_trainers, mode: str, clip_min: floa
 @pytest.mark.parametrize("mode", ["token_mask", "sequence_truncate"])
 def test_corrected_loss_matches_trl_compute_loss(trl_trainers, mode: str) -> None:
     """The reweighted loss and its gradient equal TRL's ``_compute_loss`` given the same importance ratio."""
-    from grpo.correction import sampling_correction_weights
 
     tr = trl_trainers[0]
     g = torch.Generator().manual_seed(5)
@@ -545,7 +559,7 @@ def test_corrected_loss_matches_trl_compute_loss(trl_trainers, mode: str) -> Non
     adv = torch.randn(n, generator=g, dtype=F64)
     mask = torch.ones(n, t, dtype=F64)
     mask[2, 4:] = 0
-    weights = sampling_correction_weights(base, sampler, mask, mode, clip_max=2.0, clip_min=0.5)
+    weights = correction_weights(base, sampler, mask, mode, clip_max=2.0, clip_min=0.5)
     tr.loss_type, tr.importance_sampling_level, tr.beta = "dapo", "token", 0.0
     tr.epsilon_low, tr.epsilon_high = 0.2, 0.28
     tr.use_vllm, tr.vllm_importance_sampling_correction = True, True
@@ -572,19 +586,18 @@ def test_corrected_loss_matches_trl_compute_loss(trl_trainers, mode: str) -> Non
 
 
 def test_sampling_correction_hand_values() -> None:
-    from grpo.correction import sampling_correction_weights
 
     old = torch.log(torch.tensor([[0.5, 0.2, 0.9]], dtype=F64))
     sampler = torch.log(torch.tensor([[0.25, 0.4, 0.9]], dtype=F64))
     mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=F64)
-    close(sampling_correction_weights(old, sampler, mask, "token_truncate", clip_max=1.5)[0], [1.5, 0.5, 1.0])
-    close(sampling_correction_weights(old, sampler, mask, "token_mask", clip_max=1.5)[0], [0.0, 0.5, 1.0])
-    close(sampling_correction_weights(old, sampler, mask, "sequence_mask", clip_max=3.0)[0], [1.0])  # 2 * 0.5
-    close(sampling_correction_weights(old, sampler, mask, "sequence_mask", clip_max=0.9)[0], [0.0])
+    close(correction_weights(old, sampler, mask, "token_truncate", clip_max=1.5)[0], [1.5, 0.5, 1.0])
+    close(correction_weights(old, sampler, mask, "token_mask", clip_max=1.5)[0], [0.0, 0.5, 1.0])
+    close(correction_weights(old, sampler, mask, "sequence_mask", clip_max=3.0)[0], [1.0])  # 2 * 0.5
+    close(correction_weights(old, sampler, mask, "sequence_mask", clip_max=0.9)[0], [0.0])
     nan = torch.tensor([[float("nan"), float("nan"), 0.0]], dtype=F64)  # a sampler that could not score: ratio 1
-    close(sampling_correction_weights(old, nan, mask, "token_truncate", clip_max=3.0)[0], [1.0, 1.0, 1.0])
+    close(correction_weights(old, nan, mask, "token_truncate", clip_max=3.0)[0], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="known: sequence_mask, sequence_truncate, token_mask, token_truncate"):
-        sampling_correction_weights(old, sampler, mask, "token")
+        correction_weights(old, sampler, mask, "token")
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 512])

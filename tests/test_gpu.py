@@ -92,13 +92,15 @@ def test_shared_and_unshared_prompt_logprobs_agree_in_bf16(tmp_path, monkeypatch
     torch.manual_seed(0)
     step_batch, _ = t.collect()
     batch = step_batch.rollout
-    idx = torch.arange(batch.completion_ids.size(0), device=t.accelerator.device)
+    from dataclasses import replace
+
+    from grpo import scoring
+
     mask = batch.completion_mask.bool()
+    inner = t.accelerator.unwrap_model(t.model)
     with torch.no_grad():
-        t.share_prompts = True
-        shared, _ = t.completion_logprobs(t.model, step_batch, idx)
-        t.share_prompts = False
-        full, _ = t.completion_logprobs(t.model, step_batch, idx)
+        shared, _ = scoring.completion_logprobs(t.model, batch, replace(t.scoring, share_prompts=True), step_batch.group_size, inner=inner)
+        full, _ = scoring.completion_logprobs(t.model, batch, replace(t.scoring, share_prompts=False), step_batch.group_size, inner=inner)
     diff = (shared - full).abs()[mask[:, : shared.size(1)]]
     assert diff.max() < 0.1 and diff.mean() < 0.01, (diff.max().item(), diff.mean().item())
     # and against the sampler's own log-probs (the bf16 decode copy)

@@ -14,11 +14,12 @@ import torch
 import yaml
 
 from grpo import plot, reasoning
-from grpo.config import ConfigError, load_config, report_to_list
-from grpo.logging import completion_records, format_eval_line, format_step_line
+from grpo.batch import StepBatch
+from grpo.config import ConfigError, load_config
+from grpo.logs import completion_records, format_eval_line, format_step_line
 from grpo.metrics import rollout_metrics_over_ranks
 from grpo.run_record import format_duration, summary_lines
-from grpo.types import StepBatch
+from grpo.trackers import report_to_list
 from rewards.accuracy import Reason
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,7 +281,7 @@ def test_think_lengths_chars_and_custom_count():
 def make_logger(tmp_path: Path, **overrides):
     from accelerate import Accelerator
 
-    from grpo.logging import MetricsLogger
+    from grpo.logs import MetricsLogger
 
     cfg = load_config(["--output_dir", str(tmp_path / "out"), "--num_generations", "4",
                        "--per_device_train_batch_size", "8", *[a for k, v in overrides.items() for a in (f"--{k}", str(v))]])
@@ -289,7 +290,7 @@ def make_logger(tmp_path: Path, **overrides):
 
 
 def make_batch(completions: list[str], lengths: list[int], truncated: list[bool]):
-    from grpo.rollout import RolloutBatch
+    from grpo.batch import RolloutBatch
 
     N, T = len(completions), max(lengths)
     mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
@@ -344,10 +345,10 @@ def test_log_completions_cadence_and_fields(tmp_path):
     rows = [{"prompt": p, "answer": "7"} for p in batch.prompts]
     rewards = torch.arange(8.0)
     per = {"accuracy": torch.tensor([1.0, math.nan] * 4)}
-    step_batch = StepBatch(batch, rows, rewards, per, rewards - 3.5)
+    step_batch = StepBatch(batch, rows, 4, rewards, per, rewards - 3.5)
     for step in range(1, 26):
         if logger.should_log_completions(step):
-            logger.log_completions(completion_records(step, step_batch, 4))
+            logger.log_completions(completion_records(step, step_batch))
     recs = [json.loads(line) for line in logger.completions_path.read_text().splitlines()]
     assert sorted({r["step"] for r in recs}) == [1, 10, 20, 25]
     assert len(recs) == 4 * 8
@@ -388,10 +389,10 @@ def test_report_to_errors_are_one_clear_line(tmp_path, monkeypatch):
     base = ["--output_dir", str(tmp_path)]
     with pytest.raises(ConfigError, match="unknown tracker 'mlfow'; choose from tensorboard, wandb, trackio"):
         load_config([*base, "--report_to", "mlfow"])
-    import grpo.config
+    import grpo.trackers
     from grpo.preflight import prepare
 
-    monkeypatch.setattr(grpo.config, "installed", lambda modules: False)
+    monkeypatch.setattr(grpo.trackers, "installed", lambda modules: False)
     monkeypatch.setattr("grpo.preflight.installed", lambda modules: False)
     with pytest.raises(ConfigError) as e:
         prepare([*base, "--report_to", "tensorboard,wandb"])

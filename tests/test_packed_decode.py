@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from grpo.rollout import packed
-from grpo.rollout.base import _Backend
+from grpo.rollout.base import Backend
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs a oneDNN build of torch")
 
@@ -40,8 +40,8 @@ def test_packed_copy_gives_the_same_logits_and_follows_weight_updates(tie):
 def test_backend_decodes_from_the_packed_copy_only_where_it_applies():
     model = small_llama()
     tok = type("Tok", (), {"eos_token_id": 2})()
-    on = _Backend(tok, 8, cpu_prepacked_decode=True)
-    off = _Backend(tok, 8, cpu_prepacked_decode=False)
+    on = Backend(tok, 8, cpu_prepacked_decode=True)
+    off = Backend(tok, 8, cpu_prepacked_decode=False)
     twin = on.decode_model(model)
     assert twin is not model and any(isinstance(m, packed.PackedLinear) for m in twin.modules())
     assert on.decode_model(model) is twin  # made once

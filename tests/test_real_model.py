@@ -127,8 +127,8 @@ def test_gguf_option_errors_are_one_line(gguf, tmp_path):
 
 
 def test_chat_template_tags_and_pad_equals_eos(smol):
-    from grpo.tasks.templates import SYSTEM_PROMPTS, render_prompt
     from grpo.rollout import completion_mask_from_ids
+    from grpo.tasks.templates import SYSTEM_PROMPTS, render_prompt
 
     _, _, tok = smol
     assert tok.eos_token == tok.pad_token == "<|im_end|>" and tok.eos_token_id == tok.pad_token_id
@@ -156,8 +156,8 @@ PROMPTS = ["What is 12 + 7?", "Name a colour.", "Write one word that rhymes with
 
 
 def test_compact_greedy_equals_generate_on_real_prompts(smol):
-    from grpo.tasks.templates import render_prompt
     from grpo.rollout import CompactSampler
+    from grpo.tasks.templates import render_prompt
 
     _, model, tok = smol
     prompts = [render_prompt(p, "chat", tok) for p in PROMPTS]  # different lengths: left padding matters
@@ -174,9 +174,9 @@ def test_compact_greedy_equals_generate_on_real_prompts(smol):
 
 def test_update_logprobs_match_the_samplers_own(smol, tmp_path):
     """The trainer/inference mismatch: log-probs the update computes for the sampled tokens vs the sampler's own."""
+    from grpo import scoring
     from grpo.tasks.templates import render_prompt
     from grpo.trainer import Trainer
-    from grpo.types import StepBatch
 
     folder, _, tok = smol
     _write_sums(tmp_path)
@@ -185,10 +185,8 @@ def test_update_logprobs_match_the_samplers_own(smol, tmp_path):
     torch.manual_seed(0)
     batch = t.backend.generate(t.accelerator.unwrap_model(t.model), prompts, num_generations=4)
     assert batch.sampler_logprobs.shape == batch.completion_ids.shape
-    step_batch = StepBatch(batch, [{}] * len(batch.completions), torch.zeros(len(batch.completions)))
-    with torch.no_grad():
-        idx = torch.arange(batch.completion_ids.size(0))
-        update, _ = t.completion_logprobs(t.model, step_batch, idx)  # what the update computes (fused lm_head)
+    with torch.no_grad():  # what the update computes (fused lm_head)
+        update, _ = scoring.completion_logprobs(t.model, batch, t.scoring, 4, inner=t.accelerator.unwrap_model(t.model))
     mask = batch.completion_mask[:, : update.size(1)].bool()
     diff = (update - batch.sampler_logprobs[:, : update.size(1)].to(update.dtype)).abs()[mask]
     print(f"\nsampler vs update log-prob max |diff| = {diff.max().item():.2e} over {int(mask.sum())} tokens (fp32 CPU)")

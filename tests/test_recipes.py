@@ -20,6 +20,7 @@ import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from grpo.batch import RolloutBatch
 from grpo.config import load_config
 from grpo.evaluate import evaluate
 from grpo.model import (
@@ -32,7 +33,6 @@ from grpo.model import (
     save_final,
 )
 from grpo.preflight import prepare
-from grpo.rollout import RolloutBatch
 from grpo.smoke import ARCHITECTURES, build_model, build_tokenizer, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -202,7 +202,7 @@ def test_optimizer_is_fused_adamw_with_the_same_step_as_torchs_default():
     """AdamW runs as one fused kernel (as transformers' Trainer, hence TRL, does), with the update torch's
     per-tensor default computes to float rounding; a model with integer (quantised, frozen) weights keeps the
     default, which torch would otherwise refuse."""
-    from grpo.model import build_optimizer
+    from grpo.accelerator import build_optimizer
 
     cfg = load_config(["--learning_rate", "1e-3", "--weight_decay", "0.1", "--max_steps", "4"])
     torch.manual_seed(0)

@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from grpo.batch import RolloutBatch
 from grpo.config import load_config
-from grpo.policy import lm_head_bypassed
-from grpo.rollout import CompactSampler, HFGenerateBackend, concat, make_backend, sample_next, select
+from grpo.rollout import CompactSampler, HFGenerateBackend, make_backend, sample_next
+from grpo.scoring import lm_head_bypassed
 from grpo.trainer import Trainer
 
 TINY = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
@@ -79,7 +80,7 @@ def test_select_and_concat_keep_rows_aligned(tiny):
     torch.manual_seed(1)
     a = CompactSampler(tok, 30).generate(model, PROMPTS[:2], 2)
     b = CompactSampler(tok, 30).generate(model, PROMPTS[1:], 2)
-    both = concat([select(a, [2, 3]), select(b, [0, 1])], tok.pad_token_id)
+    both = RolloutBatch.concat([a.select([2, 3]), b.select([0, 1])], tok.pad_token_id)
     assert both.completions == a.completions[2:4] + b.completions[0:2]
     for i, src, j in [(0, a, 2), (3, b, 1)]:
         n = int(src.lengths[j])
@@ -132,7 +133,7 @@ def test_buckets_and_shared_prompts_give_the_same_update(tmp_path, buckets, shar
         t._optimizer_step = capture
         torch.manual_seed(0)
         batch, _ = t.collect()
-        batch.advantages = t.advantages(batch.rewards)
+        batch.advantages = t.advantages(batch)
         m = t.update(batch)
         results.append((grads, m, batch.rollout.completions))
     (ga, ma, ca), (gb, mb, cb) = results
@@ -146,7 +147,7 @@ def test_buckets_and_shared_prompts_give_the_same_update(tmp_path, buckets, shar
 
 def _reference_logprobs(model, batch, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Log-probs of the sampled tokens from one full forward, under the warped distribution. -> (N, T)."""
-    from grpo.rollout import warp_logits
+    from grpo.logprobs import warp_logits
 
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
@@ -178,7 +179,7 @@ def test_sampler_logprobs_are_the_sampling_distribution(tiny, backend, temperatu
     greedy = sampler.generate(model, PROMPTS, 1, greedy=True)
     assert (greedy.sampler_logprobs == 0).all()
     # select / concat carry them along with their rows
-    both = concat([select(batch, [1, 0]), select(greedy, [2])], tok.pad_token_id)
+    both = RolloutBatch.concat([batch.select([1, 0]), greedy.select([2])], tok.pad_token_id)
     assert torch.equal(both.sampler_logprobs[0, : batch.completion_ids.size(1)], logp[1])
     assert (both.sampler_logprobs[2] == 0).all()
 
@@ -244,7 +245,7 @@ def test_sample_next_logprobs_are_those_of_the_warped_distribution():
     logits = torch.randn(64, 50) * 3
     for t, k, p in [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.9)]:
         token, logp = sample_next(logits, t, k, p, with_logprobs=True)
-        from grpo.sampling import warp_logits
+        from grpo.logprobs import warp_logits
 
         expect = warp_logits(logits, t, k, p).log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
         assert torch.allclose(logp, expect, atol=1e-5)

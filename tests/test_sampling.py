@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo.rollout import make_backend, warp_logits
+from grpo.logprobs import warp_logits
+from grpo.rollout import make_backend
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
@@ -151,6 +152,9 @@ def test_trainer_scores_what_the_sampler_drew(tmp_path, backend, top_k, top_p):
     """With the correction on, compact and hf report the sampler/trainer mismatch: float rounding only, also with
     top-k / top-p (the loss scores the truncated distribution). Scoring the full softmax instead would put
     the truncated mass, log(kept mass) per token, into the difference."""
+    from dataclasses import replace
+
+    from grpo import scoring
     from grpo.config import load_config
     from grpo.trainer import Trainer
 
@@ -170,9 +174,8 @@ def test_trainer_scores_what_the_sampler_drew(tmp_path, backend, top_k, top_p):
     if top_k:  # what scoring the untruncated softmax would have given: far from the sampler
         model = t.accelerator.unwrap_model(t.model)
         idx = torch.arange(batch.completion_ids.size(0))
-        t.cfg.top_k, t.cfg.top_p = 0, 1.0
         with torch.no_grad():
-            full, _ = t.completion_logprobs(model, step_batch, idx)
+            full, _ = scoring.completion_logprobs(model, batch.select(idx), replace(t.scoring, top_k=0, top_p=1.0))
         mask = batch.completion_mask.bool()
         assert (batch.sampler_logprobs[mask] - full[mask]).abs().max() > 1e-2
 

@@ -89,7 +89,7 @@ def test_close_distributed_ends_the_process_group(tmp_path):
     finalisation can abort (SIGABRT) after its files are written, which failed an FSDP launch in CI once."""
     import torch.distributed as dist
 
-    from grpo.model import close_distributed
+    from grpo.accelerator import close_distributed
 
     close_distributed()  # no process group: nothing to do, no error
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)

@@ -77,7 +77,7 @@ def test_masked_truncated_completions_do_not_move_the_weights(tmp_path):
                                  "{test_trainer_features:parity_reward: 1.0}"]))
         batch, _ = t.collect()
         assert batch.rollout.truncated.all()
-        batch.advantages = t.advantages(batch.rewards)
+        batch.advantages = t.advantages(batch)
         assert batch.advantages.abs().sum() > 0
         before = [p.detach().clone() for p in t.model.parameters()]
         t.update(batch)

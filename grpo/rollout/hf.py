@@ -10,8 +10,8 @@ from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel
 
 from grpo.hf_compat import cache_kwarg
-from grpo.rollout.base import Backend, register_backend
 from grpo.logprobs import token_logprobs, warp_logits
+from grpo.rollout.base import Backend, register_backend
 
 log = logging.getLogger(__name__)
 

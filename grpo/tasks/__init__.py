@@ -7,7 +7,7 @@ for a train stream (endless, seeded, resumable) and a fixed held-out eval list. 
 Built-in tasks (``task:`` in the config):
 
 * ``arithmetic`` (:mod:`grpo.tasks.arithmetic`): synthetic sums for the bundled tiny base model, the default.
-* ``gsm8k``, ``math``, ``countdown``, ``dataset`` (one file each): real datasets by hub name or local
+* ``gsm8k``, ``math`` (hendrycks_math.py), ``countdown``, ``dataset`` (one file each): real datasets by hub name or local
   JSONL/JSON/Parquet/CSV files (:mod:`grpo.tasks.loading`).
 
 Prompts use a template (:mod:`grpo.tasks.templates`); gold answers are read and checked once at load time

@@ -68,11 +68,13 @@ def validate_golds(rows: list[dict], indices: list[int], source: str, on_bad_row
 GOLD_FORMATS: dict[str, Callable[[Any], str]] = {
     "raw": lambda v: str(v).strip(),
     "gsm8k": lambda v: gsm8k_gold(str(v)),
-    "boxed": lambda v: _require(last_boxed(str(v)), "no \\boxed{} answer in the solution"),
+    "boxed": lambda v: require_gold(last_boxed(str(v)), "no \\boxed{} answer in the solution"),
 }
 
 
-def _require(value: str | None, why: str) -> str:
+def require_gold(value: str | None, why: str) -> str:
+    """``value``, or ValueError(``why``) when the gold answer could not be found (the loader turns it into one line
+    naming the row)."""
     if value is None:
         raise ValueError(why)
     return value

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from grpo.tasks.base import Task
-from grpo.tasks.golds import _require, check_gold, last_boxed
+from grpo.tasks.golds import check_gold, last_boxed, require_gold
 from grpo.tasks.loading import dataset_task, spec_from_kwargs, text_column
 from grpo.tasks.registry import register_task
 
@@ -23,7 +23,7 @@ def _math_normalize(levels: list[int] | None) -> Callable[[dict], dict | None]:
             return None  # filtered out, not bad
         gold = row.get("answer")
         if not (isinstance(gold, str) and gold.strip()):
-            gold = _require(last_boxed(text_column(row, "solution")), "no 'answer' column and no \\boxed{} in the solution")
+            gold = require_gold(last_boxed(text_column(row, "solution")), "no 'answer' column and no \\boxed{} in the solution")
         return {"question": text_column(row, "problem"), "answer": check_gold(gold), "level": _level(row.get("level"))}
 
     return normalize
