@@ -19,16 +19,20 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 import rewards as reward_registry
-from grpo.rollout import CompactSampler, HFGenerateBackend
+from grpo.rollout import Backend, CompactSampler
 from rewards.combine import batch_columns
 from rewards.spec import reward_kwargs
+
+if TYPE_CHECKING:
+    from grpo.config import GRPOConfig
+    from grpo.tasks import Task
 
 RewardFn = Callable[..., list]
 
@@ -44,7 +48,7 @@ def _right(values: list) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate(model: PreTrainedModel, backend: HFGenerateBackend, rows: list[dict], accelerator: Accelerator,
+def evaluate(model: PreTrainedModel, backend: Backend, rows: list[dict], accelerator: Accelerator,
              batch_size: int, max_new_tokens: int, *, accuracy_fn: RewardFn | None = None,
              format_fn: RewardFn | None = None, pass_k: int = 1, keep_samples: bool = False) -> dict[str, Any]:
     """Greedy pass@1 (and pass@k with k sampled completions when ``pass_k > 1``) on ``rows``, sharded over ranks.
@@ -109,7 +113,7 @@ def _reward_with_kwargs(name: str, reward_config: dict, defaults: dict | None = 
     return functools.partial(fn, **kwargs) if kwargs else fn
 
 
-def eval_options(cfg: Any, task: Any = None) -> dict[str, Any]:
+def eval_options(cfg: GRPOConfig, task: Task | None = None) -> dict[str, Any]:
     """``evaluate`` keyword arguments from a ``GRPOConfig`` (and the task, whose template sets reward defaults).
 
     The eval reward and the format reward get the kwargs the run trains with, so a boxed-answer recipe is
