@@ -157,14 +157,9 @@ class Trainer:
                     if ent is not None:
                         entropy[0] += (ent * m).sum().item()
                         entropy[1] += m.sum().item()
-                    old_j = logprobs.detach() if old is None else old[j]
-                    weights = None
-                    if self.correction is not None and rows.sampler_logprobs is not None:
-                        weights, corr = correct(rows.sampler_logprobs, old_j, m, self.correction)
-                        corrections += [corr] if it == 0 else []
-                    loss, step_metrics = core.policy_loss(
-                        logprobs, old_j, advantages[idx], m, self.loss_options, normalizer=normalizer,
-                        ref_logprobs=None if ref is None else ref[j], sampling_weights=weights)
+                    loss, step_metrics, corr = self._loss(rows, logprobs, m, advantages[idx], None if old is None else
+                                                          old[j], None if ref is None else ref[j], normalizer)
+                    corrections += [corr] if corr and it == 0 else []
                     share = aggregation.micro_share(idx.numel(), mask.size(0))
                     # accelerate divides by gradient_accumulation_steps in backward(); undo it, our share is exact.
                     acc.backward(loss * share * self.micro_steps)
@@ -180,6 +175,18 @@ class Trainer:
         stats.sampling = metrics.combine(corrections) if corrections else {}
         self.backend.sync_weights(acc.unwrap_model(self.model))
         return stats
+
+    def _loss(self, rows: RolloutBatch, logprobs: Tensor, mask: Tensor, advantages: Tensor, old: Tensor | None,
+              ref: Tensor | None, normalizer: float | None) -> tuple[Tensor, dict[str, float], dict[str, float]]:
+        """One micro-batch's policy loss (grpo.core), reweighted by the sampler/trainer correction when it is on.
+        logprobs, mask, old, ref (n, T'), advantages (n,) -> (loss, loss metrics, correction metrics or {})."""
+        old = logprobs.detach() if old is None else old  # one update per batch: the sampling policy is this one
+        weights, corr = None, {}
+        if self.correction is not None and rows.sampler_logprobs is not None:
+            weights, corr = correct(rows.sampler_logprobs, old, mask, self.correction)
+        loss, metrics_ = core.policy_loss(logprobs, old, advantages, mask, self.loss_options, normalizer=normalizer,
+                                          ref_logprobs=ref, sampling_weights=weights)
+        return loss, metrics_, corr
 
     def _optimizer_step(self) -> tuple[float, bool]:
         """Clip, then step unless the gradient is not finite (grpo.accelerator.optimizer_step). -> (norm, stepped)."""

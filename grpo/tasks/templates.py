@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from grpo.errors import DataError
+from grpo.tasks.base import Task
 from rewards.spec import parse_spec
 
 # DeepSeek-R1 paper, Table 1, verbatim ({prompt} is the question). The completion starts after "Assistant:".
@@ -79,7 +80,7 @@ def render_prompt(question: str, template: str = "r1", tokenizer: Any = None, sy
     return text
 
 
-def reward_defaults(task: Any) -> dict[str, dict]:
+def reward_defaults(task: Task) -> dict[str, dict]:
     """Reward kwargs that match the task's template: where the answer is, and what the format is.
 
     ``qwen_math`` prompts ask for ``\\boxed{}``: ``answer_format: boxed`` and format ``template: boxed``. A
@@ -98,7 +99,7 @@ def reward_defaults(task: Any) -> dict[str, dict]:
             "tag_count": {"prefilled_think": task.prefill_think}}
 
 
-def check_rewards_match(task: Any, rewards_config: dict) -> None:
+def check_rewards_match(task: Task, rewards_config: dict) -> None:
     """A reward configured against the task's template (e.g. the R1 format on a boxed prompt) is a config error.
 
     Raises:
