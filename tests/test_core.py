@@ -638,3 +638,35 @@ def test_fused_linear_logprobs_frozen_weight_and_bad_shapes():
     torch.testing.assert_close(hidden.grad, want)
     with pytest.raises(ValueError, match="must be"):
         fused_linear_logprobs(hidden, weight, target[:, :2])
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_micro_batches_weighted_by_their_declared_share_give_the_batch_loss(loss_type: str) -> None:
+    """The update loop weighs each micro-batch's loss by ``Aggregation.micro_share`` and passes the global token
+    count only to aggregations that declare ``global_tokens``: the sum is the whole batch's loss."""
+    torch.manual_seed(0)
+    per_token, mask = torch.randn(6, 5, dtype=F64), (torch.rand(6, 5) > 0.3).to(F64)
+    agg = core.get_loss_aggregation(loss_type)
+    normalizer = mask.sum().item() if agg.global_tokens else None
+    whole = agg(per_token, mask, 5, normalizer)
+    parts = [torch.tensor([0, 1]), torch.tensor([2, 3, 4]), torch.tensor([5])]
+    summed = sum(agg(per_token[i], mask[i], 5, normalizer) * agg.micro_share(i.numel(), 6) for i in parts)
+    close(summed, whole.item())
+    assert agg.global_tokens == (loss_type == "dapo")
+
+
+def test_a_registered_aggregation_declares_its_normaliser() -> None:
+    @core.register_loss_aggregation("test_sum_over_global_tokens", global_tokens=True)
+    def summed(per_token, mask, max_completion_length, normalizer):
+        return (per_token * mask).sum() / normalizer
+
+    try:
+        agg = core.get_loss_aggregation("test_sum_over_global_tokens")
+        assert agg.global_tokens and agg.micro_share(2, 8) == 1.0 and agg.fn is summed
+        loss, _ = core.policy_loss(torch.zeros(2, 3), None, torch.ones(2), torch.ones(2, 3),
+                                   LossOptions(loss_type="test_sum_over_global_tokens"), normalizer=12.0)
+        close(loss, -6 / 12)  # on-policy: per-token loss -A = -1 on 6 tokens, over the given normaliser
+    finally:
+        core.LOSS_AGGREGATIONS.pop("test_sum_over_global_tokens")
+    with pytest.raises(ValueError, match="clip ranges must be >= 0"):
+        LossOptions(epsilon_high=-0.1)
