@@ -19,6 +19,7 @@ import yaml
 from grpo.config import TRACKERS, GRPOConfig, installed, report_to_list, resume_conflicts, validate
 from grpo.errors import ConfigError
 from grpo.tasks import Task, check_rewards_match, get_task
+from rewards.calling import CALL_KEYS
 
 
 def preflight(cfg: GRPOConfig, resume: bool = True) -> tuple[GRPOConfig, Task]:
@@ -189,8 +190,9 @@ def check_rewards(cfg: GRPOConfig, task: Task) -> None:
     check_rewards_match(task, cfg.rewards)
 
 
-# Columns every reward call receives besides the task's own (rewards.combine.score).
-CALL_COLUMNS = ("completions", "prompts", "completion_lengths")
+# What every reward call receives besides the task's own columns (rewards.combine.score, TRL's convention).
+CALL_COLUMNS = (*CALL_KEYS, "completion_lengths")
+EVAL_COLUMNS = ("completions", "prompts", "completion_lengths")
 
 
 def check_reward_columns(name: str, fn: Any, task: Task, kwargs: dict, eval_only: bool = False) -> None:
@@ -203,7 +205,8 @@ def check_reward_columns(name: str, fn: Any, task: Task, kwargs: dict, eval_only
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return
-    have = set(task.columns) | set(CALL_COLUMNS) | set(kwargs)
+    # The held-out eval calls its reward with the columns and prompts only (grpo.evaluate), not TRL's extras.
+    have = set(task.columns) | set(EVAL_COLUMNS if eval_only else CALL_COLUMNS) | set(kwargs)
     for p in params:
         required = p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         if required and p.name not in have:

@@ -44,7 +44,9 @@ from grpo.run_record import logged_eval
 from grpo.sampling import sampling_correction_enabled, sampling_weights
 from grpo.stop import StopRequest, count_bad_steps
 from grpo.tasks import Task, get_task
+from grpo.tasks.templates import reward_prompts
 from grpo.types import StepBatch, UpdateStats
+from rewards.calling import TrainerState
 from rewards.combine import build_rewards, score
 
 
@@ -79,6 +81,7 @@ class Trainer:
         self.sharded_weights = self.accelerator.distributed_type.name in ("DEEPSPEED", "FSDP")
         self.logger = MetricsLogger(cfg, acc)
         self.bad_steps = 0  # consecutive steps whose update was dropped as non-finite
+        self.global_step = 0  # steps finished, for the rewards' trainer_state
 
     # --- one step ----------------------------------------------------------------------------------------
 
@@ -103,11 +106,20 @@ class Trainer:
         rows = [r for r in rows for _ in range(self.cfg.num_generations)]
         t1 = time.perf_counter()
         notes: list[dict] = [{} for _ in rows]  # per-sample verdicts (accuracy's reasons) for completions.jsonl
-        rewards, per_reward, reward_metrics = score(self.rewards, rollout.completions, rows, rollout.prompts,
-                                                    completion_lengths=rollout.lengths.tolist(), notes=notes)
+        ids = [c[m.bool()].tolist() for c, m in zip(rollout.completion_ids, rollout.completion_mask)]  # TRL's form
+        rewards, per_reward, reward_metrics = score(
+            self.rewards, rollout.completions, rows, reward_prompts(self.task, rows, rollout.prompts),
+            completion_lengths=rollout.lengths.tolist(), notes=notes, completion_ids=ids,
+            trainer_state=self.reward_state())
         rows = [dict(row, verdicts=note) if note else row for row, note in zip(rows, notes)]
         timing = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
         return StepBatch(rollout, rows, rewards, per_reward), {**timing, **reward_metrics}
+
+    def reward_state(self) -> TrainerState:
+        """TRL's ``trainer_state`` for the rewards: steps finished, ``max_steps``, epochs of train rows so far."""
+        rows = len(getattr(self.stream, "rows", None) or ()) or None
+        epoch = getattr(self.stream, "epoch", 0) + getattr(self.stream, "pos", 0) / rows if rows else 0.0
+        return TrainerState(global_step=self.global_step, max_steps=self.cfg.max_steps, epoch=float(epoch))
 
     def collect(self) -> tuple[StepBatch, dict[str, float]]:
         """This step's batch of N (rewards included), with DAPO dynamic sampling when configured (grpo.dynamic_sampling)."""
@@ -196,6 +208,7 @@ class Trainer:
     def step(self, step: int) -> dict[str, float]:
         """One GRPO step; returns this step's metrics (over all ranks)."""
         cfg, acc = self.cfg, self.accelerator
+        self.global_step = step - 1  # as TRL's trainer_state while this step's batch is scored
         t0 = time.perf_counter()
         batch, collect_metrics = self.collect()
         t2 = time.perf_counter()
