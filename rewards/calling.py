@@ -83,7 +83,7 @@ def accepts_messages(fn: Callable[..., list]) -> Callable[..., list]:
         return fn
 
     @functools.wraps(fn)
-    def wrapper(*args, completions: list | None = None, **kwargs):  # noqa: ANN202 - same signature as fn
+    def wrapper(*args, completions: list | None = None, **kwargs):
         if completions is None and args:  # TRL passes keywords, a direct call may pass completions first
             completions, args = args[0], args[1:]
         return fn(*args, completions=as_texts(completions or []), **kwargs)

@@ -50,7 +50,7 @@ def available() -> list[str]:
     return sorted(names)
 
 
-def _import(name: str, module_name: str):  # noqa: ANN202 - a module
+def _import(name: str, module_name: str):
     """Import ``module_name`` for reward ``name``; a missing module says where Python looked."""
     try:
         return importlib.import_module(module_name)
