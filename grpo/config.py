@@ -47,7 +47,7 @@ class GRPOConfig:
     rewards: dict = _f(
         {"accuracy": 1.0, "format": 0.1},
         "Reward functions and weights: {name: weight} or {name: {weight: w, kwargs: {...}}}; names are "
-        "registered rewards or 'package.module:function'.",
+        "registered rewards, 'package.module.function' or 'package.module:function'.",
     )
     # --- output
     output_dir: str = _f("runs/default", "Where metrics.jsonl, run_info.json, config.yaml and the final model go.")
@@ -383,11 +383,22 @@ def to_dict(cfg: GRPOConfig) -> dict:
 
 
 def help_text() -> str:
-    """``--help``: every key with its default and documentation."""
-    lines = ["usage: train.py [--config FILE.yaml] [--key value ...]", "", "keys (default):"]
+    """``--help``: every key with the value a bare run uses (``configs/default.yaml`` over the built-in default),
+    the built-in default where the two differ, and its documentation. Both values are read from where the run
+    reads them, so the help cannot drift from the recipe."""
+    try:
+        recipe = yaml.safe_load(DEFAULT_CONFIG.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        recipe = {}
+    lines = ["usage: train.py [--config FILE.yaml] [--key value ...]", "",
+             f"A bare run uses the recipe {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)} (the tiny base on CPU). "
+             "--config FILE replaces that recipe:",
+             "FILE is layered on the built-in defaults, not on default.yaml; --key value flags override either.",
+             "", "keys (value in a bare run; [built-in default under --config, where it differs]):"]
     for f in dataclasses.fields(GRPOConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        lines.append(f"  --{f.name} ({default!r})\n      {f.metadata['help']}")
+        shown = f"{recipe[f.name]!r} [{default!r}]" if f.name in recipe and recipe[f.name] != default else repr(default)
+        lines.append(f"  --{f.name} ({shown})\n      {f.metadata['help']}")
     return "\n".join(lines)
 
 

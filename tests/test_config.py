@@ -205,3 +205,18 @@ def test_sampling_correction_keys(tmp_path):
         with pytest.raises(ConfigError, match=fragment) as err:
             load_config([*out, *argv])
         assert "\n" not in str(err.value)
+
+
+def test_help_shows_the_values_a_bare_run_uses_and_says_config_replaces_the_recipe():
+    """One source of defaults: --help reads configs/default.yaml, the file a bare run loads."""
+    import yaml
+
+    from grpo.config import DEFAULT_CONFIG, help_text
+
+    text = help_text()
+    bare = load_config([])
+    for key in yaml.safe_load(DEFAULT_CONFIG.read_text()):
+        line = next(line for line in text.splitlines() if line.startswith(f"  --{key} ("))
+        assert line.startswith(f"  --{key} ({getattr(bare, key)!r}"), line  # the bare run's value comes first
+    assert "  --max_steps (60 [100])" in text and "  --loss_type ('dr_grpo' ['dapo'])" in text
+    assert "--config FILE replaces that recipe" in text and "not on default.yaml" in text
