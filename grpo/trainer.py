@@ -40,7 +40,7 @@ from grpo.model import (
 )
 from grpo.precision import decode_copy_dtype, plan_for_run
 from grpo.rollout import backend_for_run
-from grpo.run_record import logged_eval
+from grpo.run_record import last_logged_eval, logged_eval, logged_step_seconds
 from grpo.sampling import sampling_correction_enabled, sampling_weights
 from grpo.stop import StopRequest, count_bad_steps
 from grpo.tasks import Task, get_task
@@ -282,7 +282,8 @@ class Trainer:
                     last_eval = self.evaluate()
                     self.logger.log(step, last_eval)
                 stopping = stop.agreed(acc)
-                if (cfg.save_steps and step % cfg.save_steps == 0) or stopping or (cfg.save_steps and step == cfg.max_steps):
+                # save_steps 0 means "only at the end": the last step always saves, so a finished run can resume.
+                if (cfg.save_steps and step % cfg.save_steps == 0) or stopping or step == cfg.max_steps:
                     path = self.save_checkpoint(step)
                 if stopping:
                     acc.print(f"stopped by signal after step {step}; checkpoint saved to {path}. "
@@ -292,6 +293,11 @@ class Trainer:
             acc.print(f"nothing to do: {cfg.output_dir} already finished step {start_step}; raise --max_steps to "
                       "continue or pass --overwrite_output_dir true to start again")
         wall = time.perf_counter() - t_start
+        if start_step > 0:  # resumed (or already finished): the summary covers the whole run, from its logs
+            metrics_path = Path(cfg.output_dir) / "metrics.jsonl"
+            wall += logged_step_seconds(metrics_path, start_step)
+            if last_eval is first_eval:  # no eval ran in this session
+                last_eval = last_logged_eval(metrics_path) or last_eval
         finished = step >= cfg.max_steps and not stop.requested
         if cfg.save_final_model and finished and start_step < cfg.max_steps:
             with write_errors(f"{cfg.output_dir}/final", cfg.output_dir):  # LoRA: adapter or merged (grpo/model.py)
