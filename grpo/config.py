@@ -391,8 +391,8 @@ def help_text() -> str:
     except (OSError, yaml.YAMLError):
         recipe = {}
     lines = ["usage: train.py [--config FILE.yaml] [--key value ...]", "",
-             f"A bare run uses the recipe {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)} (the tiny base on CPU). "
-             "--config FILE replaces that recipe:",
+             (f"A bare run uses the recipe {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)} (the tiny base on CPU). "
+              "--config FILE replaces that recipe:"),
              "FILE is layered on the built-in defaults, not on default.yaml; --key value flags override either.",
              "", "keys (value in a bare run; [built-in default under --config, where it differs]):"]
     for f in dataclasses.fields(GRPOConfig):

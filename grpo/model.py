@@ -65,7 +65,7 @@ def _load_error(what: str, name: str, e: Exception) -> ModelLoadError:
     offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
     return ModelLoadError(
         f"cannot load {what} {name!r}: {tried}{offline} said: {reason}; to run offline pass a local model folder as "
-        "model_name_or_path, or download it once (huggingface-cli download NAME) and set HF_HUB_OFFLINE=1"
+        "model_name_or_path, or download it once (hf download NAME; older huggingface_hub: huggingface-cli download NAME) and set HF_HUB_OFFLINE=1"
     )
 
 
