@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,9 @@ def load_policy(cfg: GRPOConfig) -> PreTrainedModel:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Training forwards keep no KV cache under checkpointing; saying so up front stops transformers' warning
+        # (one per rank) that it turned the cache off. Decoding passes its own use_cache and keeps its cache.
+        model.config.use_cache = False
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
 
@@ -178,7 +182,9 @@ def load_policy(cfg: GRPOConfig) -> PreTrainedModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             try:
-                model = get_peft_model(model, lora)
+                with warnings.catch_warnings():  # peft reads the deprecated is_gradient_checkpointing: not ours to fix
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                    model = get_peft_model(model, lora)
             except ValueError as e:
                 raise ConfigError(f"lora_target_modules {targets}: {str(e).splitlines()[0][:200]}; use [all-linear] or "
                                   "names of the model's linear layers (e.g. q_proj, v_proj)") from None
@@ -410,10 +416,11 @@ def _merge_saved_adapter(folder: str) -> None:
     """Replace the adapter saved in ``folder`` by the merged model (base + adapter), computed on CPU."""
     from peft import AutoPeftModelForCausalLM
 
-    merged = AutoPeftModelForCausalLM.from_pretrained(folder, dtype="auto").merge_and_unload()
-    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-        (Path(folder) / name).unlink(missing_ok=True)
-    merged.save_pretrained(folder)
+    with quiet_progress():  # a local folder: "Loading weights" / "Writing model shards" say nothing useful
+        merged = AutoPeftModelForCausalLM.from_pretrained(folder, dtype="auto").merge_and_unload()
+        for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+            (Path(folder) / name).unlink(missing_ok=True)
+        merged.save_pretrained(folder)
 
 
 def load_for_eval(name: str, dtype: str = "auto", trust_remote_code: bool = False,

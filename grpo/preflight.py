@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +34,32 @@ def preflight(cfg: GRPOConfig, resume: bool = True) -> tuple[GRPOConfig, Task]:
         ConfigError: one line naming the problem and the fix (``DataError`` for datasets).
     """
     check_output_dir(cfg.output_dir)
+    before = _smoke_folders(cfg.output_dir)
     if cfg.smoke:  # swap model and data for tiny offline stand-ins before the checks look for them
         from grpo.smoke import apply_smoke
 
         cfg = apply_smoke(cfg)
-        validate(cfg)
-    check_backend(cfg)
-    check_model(cfg)
-    check_trackers(cfg)
-    task = build_task(cfg)
-    check_rewards(cfg, task)
-    if resume:  # after the config's own mistakes (a misspelt reward is that, not "a different experiment")
-        check_resume(cfg)
+    try:
+        if cfg.smoke:
+            validate(cfg)
+        check_backend(cfg)
+        check_model(cfg)
+        check_trackers(cfg)
+        task = build_task(cfg)
+        check_rewards(cfg, task)
+        if resume:  # after the config's own mistakes (a misspelt reward is that, not "a different experiment")
+            check_resume(cfg)
+    except ConfigError:
+        for folder in _smoke_folders(cfg.output_dir) - before:  # a refused --smoke run leaves nothing behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return cfg, task
+
+
+def _smoke_folders(output_dir: str) -> set[Path]:
+    """The ``--smoke`` stand-in folders (``smoke-<key>``) in ``output_dir`` now."""
+    path = Path(output_dir)
+    return set(path.glob("smoke-*")) if path.is_dir() else set()
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -138,8 +152,9 @@ def check_resume(cfg: GRPOConfig) -> None:
         keys = resume_conflicts(saved, cfg)
         if keys:
             shown = ", ".join(f"{k} ({saved.get(k)!r} -> {getattr(cfg, k)!r})" for k in keys[:3])
-            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-            raise ConfigError(f"cannot resume {ckpt}: it is a different experiment: {shown}{more}; {fixes}")
+            more = f"; also differ: {', '.join(keys[3:])}" if len(keys) > 3 else ""
+            raise ConfigError(f"cannot resume {ckpt}: it is a different experiment (checkpoint's value -> this run's): "
+                              f"{shown}{more}; {fixes}")
     try:
         saved_world = json.loads((run_dir / "run_info.json").read_text()).get("world_size")
     except (OSError, ValueError):
