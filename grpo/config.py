@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -247,7 +248,9 @@ def load_config(argv: list[str] | None = None) -> GRPOConfig:
     config_path, overrides = parse_cli(list(argv or []))
     path = Path(config_path) if config_path else DEFAULT_CONFIG
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}; pass an existing YAML file with --config (see configs/)")
+        close = _close_config(path)
+        hint = f" (did you mean {close}?)" if close else ""
+        raise ConfigError(f"config file not found: {path}{hint}; pass an existing YAML file with --config (see configs/)")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -270,9 +273,28 @@ def load_config(argv: list[str] | None = None) -> GRPOConfig:
     return cfg
 
 
+def _close_config(path: Path) -> str | None:
+    """The YAML file closest in name to a missing ``--config`` path: one beside it, or one of the project's configs/
+    (shown relative to the working folder when it is inside it)."""
+    options: dict[str, Path] = {}
+    if path.parent.is_dir():
+        options.update({f.name: path.parent / f.name for f in path.parent.glob("*.y*ml")})
+    for f in DEFAULT_CONFIG.parent.glob("*.y*ml"):
+        options.setdefault(f.name, f)
+    close = difflib.get_close_matches(path.name, sorted(options), n=1, cutoff=0.6)
+    if not close:
+        return None
+    found = options[close[0]]
+    relative = os.path.relpath(found) if found.is_absolute() else str(found)
+    return str(found) if relative.startswith("..") else relative
+
+
 def validate(cfg: GRPOConfig) -> None:
     """Check values and their consistency before anything heavy is loaded. Raises ConfigError."""
-    positive = ["update_buckets", "max_sampling_rounds", "max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+    if cfg.num_generations < 2:  # before the >= 1 checks: 0 and 1 get the same message
+        raise ConfigError(f"config key 'num_generations' must be >= 2 (group advantages compare samples of the same "
+                          f"prompt), got {cfg.num_generations}")
+    positive = ["update_buckets", "max_sampling_rounds", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
                 "max_completion_length", "num_iterations", "eval_batch_size", "logging_steps"]
     for key in positive:
         if getattr(cfg, key) < 1:
@@ -284,8 +306,6 @@ def validate(cfg: GRPOConfig) -> None:
         raise ConfigError(f"temperature must be > 0 for sampling, got {cfg.temperature}")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be > 0, got {cfg.learning_rate}")
-    if cfg.num_generations < 2:
-        raise ConfigError("num_generations must be >= 2: group advantages compare samples of the same prompt")
     rollout = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     if rollout % cfg.num_generations:
         raise ConfigError(

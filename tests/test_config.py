@@ -49,9 +49,14 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
         (["--max_steps", "ten"], "'max_steps' must be an int"),
         (["--max_steps", "1.5"], "'max_steps' must be an int"),
         (["--per_device_train_batch_size", "12"], "not divisible by num_generations = 8"),
-        (["--num_generations", "1"], "num_generations must be >= 2"),
+        (["--num_generations", "1"], "config key 'num_generations' must be >= 2 (group advantages compare samples of "
+                                     "the same prompt), got 1"),
+        (["--num_generations", "0"], "config key 'num_generations' must be >= 2 (group advantages compare samples of "
+                                     "the same prompt), got 0"),
         (["--loss_type", "ppo"], "must be one of grpo, bnpo, dr_grpo, dapo"),
-        (["--config", "nope/missing.yaml"], "config file not found: nope/missing.yaml"),
+        (["--config", "nope/missing.yaml"], "config file not found: nope/missing.yaml;"),
+        (["--config", "configs/qwen2.5-05b-gsm8k.yaml"], f"(did you mean {ROOT}/configs/qwen2.5-0.5b-gsm8k.yaml?)"),
+        (["--config", f"{ROOT}/examples/unit.yaml"], f"(did you mean {ROOT}/examples/units.yaml?)"),
         (["--rewards", "{accuracy: 1.0, acuracy: 1.0}"], "unknown reward 'acuracy'"),
         (["--task", "arithmetik"], "unknown task 'arithmetik'"),
         (["--max_steps"], "--max_steps needs a value"),
