@@ -17,8 +17,10 @@ adapter switched off (:func:`reference_context`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,11 +133,19 @@ def quiet_progress(enabled: bool = True) -> Any:
     was_on = hf_logging.is_progress_bar_enabled()
     if enabled and was_on:
         hf_logging.disable_progress_bar()
+    # transformers' GGUF conversion bar uses tqdm directly (not the switch above); in a log file, rather than a
+    # terminal, its carriage-return updates are noise.
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)
+    if enabled and gguf_tqdm is not None and not sys.stderr.isatty():
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         yield
     finally:
         if enabled and was_on:
             hf_logging.enable_progress_bar()
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
 
 
 def _from_pretrained(cfg: GRPOConfig, dtype: torch.dtype) -> PreTrainedModel:
@@ -144,6 +154,8 @@ def _from_pretrained(cfg: GRPOConfig, dtype: torch.dtype) -> PreTrainedModel:
         kwargs["attn_implementation"] = cfg.attn_implementation
     path = resolve_model_path(cfg.model_name_or_path)
     try:
+        if cfg.gguf_file:
+            import transformers.modeling_gguf_pytorch_utils  # noqa: F401 - loaded now so quiet_progress finds its bar
         with quiet_progress(Path(path).is_dir()):
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_gguf_kwargs(cfg.gguf_file))
     except (OSError, ValueError, ImportError) as e:

