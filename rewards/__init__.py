@@ -10,14 +10,16 @@ Under ``template: chat`` prompts and completions are conversational (lists of me
 built-ins accept both forms. ``async def`` rewards are awaited. ``None`` means "does not apply to this sample".
 Built-in rewards never raise.
 
-``get(name)`` resolves a registered name, a dotted path ``"package.module:function"``, a registered name in a
-module (``"package.module:name"``) or an entry point in group ``grpo_zero.rewards`` (see ``rewards/registry.py``).
+``get(name)`` resolves a registered name, a path ``"package.module:function"`` or ``"package.module.function"``
+(TRL's form), a registered name in a module (``"package.module:name"``) or an entry point in group
+``grpo_zero.rewards`` (see ``rewards/registry.py``).
 A reward may add counters to the step's metrics with ``report(key, value)``; ``rewards.combine.score`` logs them
 as ``rewards/<name>/<key>``. This package imports nothing from ``grpo``.
 
-Layout: ``registry`` (names, counters), ``extract`` (the final answer: tags, boxes, cleaning), ``numbers`` (exact
-values, stall guard), ``golds`` (gold parsing), ``spec`` (the ``{weight, kwargs, on_error, deadline_s}`` spec),
-``sandbox`` (killable worker processes), ``combine`` (weighted sum), ``explain`` (CLI), the built-ins.
+Layout: ``registry`` (names, counters), ``calling`` (TRL's calling convention), ``extract`` (the final answer:
+tags, boxes, cleaning), ``numbers`` (exact values, stall guard), ``golds`` (gold parsing), ``spec`` (the ``{weight,
+kwargs, on_error, deadline_s}`` spec), ``sandbox`` (killable worker processes), ``combine`` (weighted sum),
+``explain`` (CLI), the built-ins.
 
 Built-ins: ``accuracy`` (math answers, bounded in time), ``format`` and ``tag_count`` (R1 output format),
 ``countdown`` (TinyZero's task), ``overlong`` (DAPO's soft overlong punishment).

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rewards import explain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +71,6 @@ def _fake_finished_run(out: Path, argv: list[str]) -> None:
 
 
 def test_resume_mismatch_names_every_key_and_which_side_is_the_checkpoint(tmp_path):
-    import pytest
-
     from grpo.errors import ConfigError
     from grpo.preflight import prepare
 
@@ -87,8 +87,6 @@ def test_resume_mismatch_names_every_key_and_which_side_is_the_checkpoint(tmp_pa
 
 
 def test_a_refused_smoke_run_leaves_no_stand_ins_in_the_other_runs_folder(tmp_path):
-    import pytest
-
     from grpo.errors import ConfigError
     from grpo.preflight import prepare
 
@@ -118,11 +116,10 @@ def test_lora_with_gradient_checkpointing_loads_and_trains_without_noise(capfd):
     assert "use_cache" not in err and "Loading weights" not in err
 
 
+@pytest.mark.slow  # converting the 135M GGUF costs ~30 s of CPU
 def test_gguf_loading_writes_no_progress_bar_into_a_log(capfd, tmp_path):
     """stderr is captured here (not a terminal): transformers' GGUF conversion bar stays out of the log."""
     import importlib.metadata
-
-    import pytest
 
     from grpo.config import load_config
     from grpo.model import load_policy
