@@ -16,6 +16,7 @@ from torch import Tensor
 
 from grpo import core
 from grpo.types import StepBatch
+from rewards.calling import logged_metric_names
 
 
 def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, B: int, G: int, dynamic: bool,
@@ -43,9 +44,12 @@ def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, B
     rounds = seen = 0
     while True:
         batch, round_metrics = sample_round()
-        for k, v in round_metrics.items():
-            metrics[k] = metrics.get(k, 0.0) + v
         rounds += 1
+        for k, v in round_metrics.items():
+            if k in logged_metric_names():  # a reward's log_metric scalar: the running mean over rounds, not a sum
+                metrics[k] = metrics.get(k, 0.0) + (v - metrics.get(k, 0.0)) / rounds
+            else:
+                metrics[k] = metrics.get(k, 0.0) + v
         if not dynamic:
             return batch, metrics
         has_signal = core.group_reward_std(batch.rewards, G) > 0  # (B,)
