@@ -224,6 +224,9 @@ def check_reward_columns(name: str, fn: Any, task: Task, kwargs: dict, eval_only
     have = set(task.columns) | set(EVAL_COLUMNS if eval_only else CALL_COLUMNS) | set(kwargs)
     for p in params:
         required = p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if required and p.name not in have and p.name in CALL_COLUMNS:  # eval_only: a training-time argument
+            raise ConfigError(f"eval_reward '{name}' needs '{p.name}', which the held-out eval does not pass (it "
+                              "passes completions, prompts and the dataset columns); pick another eval_reward")
         if required and p.name not in have:
             role = "eval_reward" if eval_only else "reward"
             raise ConfigError(f"{role} '{name}' needs the column '{p.name}', which task '{task.name}' does not have "

@@ -186,3 +186,14 @@ def test_log_metric_values_are_averaged_over_ranks_not_summed():
     key = "rewards/trl_style_rewards:logging_reward/odd_share"
     assert combine([{key: 1.0}, {key: 0.0}])[key] == 0.5
     assert combine([{"rewards/x/errors": 1.0}, {"rewards/x/errors": 2.0}])["rewards/x/errors"] == 3.0
+
+
+def test_a_reward_asking_for_trl_arguments_is_not_refused_as_a_missing_column(tmp_path):
+    from grpo.errors import ConfigError
+    from grpo.preflight import prepare
+
+    base = ["--output_dir", str(tmp_path / "out"), "--eval_steps", "0"]
+    prepare([*base, "--rewards", "{trl_style_rewards.ids_reward: 1.0, trl_style_rewards.state_reward: 1.0}"])
+    with pytest.raises(ConfigError, match="eval_reward 'trl_style_rewards.ids_reward' needs 'completion_ids', which "
+                                          "the held-out eval does not pass"):
+        prepare([*base, "--eval_reward", "trl_style_rewards.ids_reward"])
