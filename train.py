@@ -15,20 +15,37 @@ from __future__ import annotations
 import os
 import sys
 
-from grpo.config import help_text, load_config
+from grpo.cli import help_text, load_config
 from grpo.errors import ConfigError, TrainingError
 
 
-def fail(message: str, code: int) -> int:
-    """Print the one-line error; under ``accelerate launch`` also say what follows it. Returns ``code``.
+def launcher_quiet() -> bool | None:
+    """Whether the ``accelerate launch`` that started this process was given ``-q``/``--quiet`` (read from the
+    parent's command line on Linux); ``None`` when not under ``accelerate launch`` or unknown."""
+    if "ACCELERATE_DYNAMO_BACKEND" not in os.environ:  # set by `accelerate launch` for the processes it starts
+        return None
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parent = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return any(a in ("-q", "--quiet") for a in parent)
 
-    ``accelerate launch`` answers any non-zero exit of its child with its own ``CalledProcessError`` traceback
-    and exit code 1 (``accelerate launch -q`` leaves the traceback out); it cannot be told otherwise from here.
+
+def fail(message: str, code: int, every_rank: bool = True) -> int:
+    """Print the one-line error (once per job for errors every rank meets alike); under ``accelerate launch``
+    also say what follows it. Returns ``code``.
+
+    ``accelerate launch`` answers any non-zero exit of its child with a traceback of its own that repeats the
+    child's stderr (exit code 1); ``accelerate launch -q`` prints nothing more. The note goes to stdout so that the
+    launcher's traceback does not repeat it, and is left out under ``-q``.
     """
+    if not every_rank and os.environ.get("RANK", "0") != "0":  # a config error: rank 0 says it for all
+        return code
     print(f"error: {message}", file=sys.stderr, flush=True)
-    if "ACCELERATE_DYNAMO_BACKEND" in os.environ:  # set by `accelerate launch` for the processes it starts
-        print("(accelerate launch reports this exit with a traceback of its own below: the line above is the cause; "
-              "`accelerate launch -q ...` leaves that traceback out)", file=sys.stderr, flush=True)
+    if launcher_quiet() is False and os.environ.get("RANK", "0") == "0":
+        print("(accelerate launch repeats this error in a traceback of its own: the error line is the cause; "
+              "`accelerate launch -q ...` leaves that traceback out)", flush=True)
     return code
 
 
@@ -43,7 +60,7 @@ def main(argv: list[str]) -> int:
 
         cfg, task = preflight(cfg)
     except ConfigError as e:
-        return fail(str(e), 2)
+        return fail(str(e), 2, every_rank=False)
     from grpo.accelerator import close_distributed
     from grpo.trainer import Trainer  # heavy imports only after the config is known to be good
     from rewards.combine import RewardError
@@ -53,7 +70,7 @@ def main(argv: list[str]) -> int:
     except (TrainingError, RewardError) as e:  # a stuck run or a raising verifier: one line, no traceback
         return fail(str(e), 1)
     except ConfigError as e:  # found while loading: a model that cannot be reached, a tokenizer without a template
-        return fail(str(e), 2)
+        return fail(str(e), 2, every_rank=False)
     close_distributed()  # every rank finished: end the process group before exit (see its docstring)
     return 0
 

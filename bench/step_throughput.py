@@ -125,7 +125,7 @@ def smollm2_folder(out: Path) -> Path:
     HF folder (both trainers then load the same weights the same way)."""
     import importlib.metadata
 
-    from grpo.config import load_config
+    from grpo.cli import load_config
     from grpo.model import load_policy, load_tokenizer, save_final
 
     try:
@@ -212,7 +212,7 @@ def main() -> None:
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
-    from grpo.config import load_config
+    from grpo.cli import load_config
     from grpo.trainer import Trainer
 
     work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))

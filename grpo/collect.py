@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from grpo import core
 from grpo.batch import StepBatch
+from rewards.calling import logged_metric_names
 
 
 def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, dynamic: bool, max_rounds: int,
@@ -39,9 +40,12 @@ def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, d
     rounds = seen = 0
     while True:
         batch, round_metrics = sample_round()
-        for k, v in round_metrics.items():
-            metrics[k] = metrics.get(k, 0.0) + v
         rounds += 1
+        for k, v in round_metrics.items():
+            if k in logged_metric_names():  # a reward's log_metric scalar: the running mean over rounds, not a sum
+                metrics[k] = metrics.get(k, 0.0) + (v - metrics.get(k, 0.0)) / rounds
+            else:
+                metrics[k] = metrics.get(k, 0.0) + v
         if not dynamic:
             return batch, metrics
         B = batch.num_groups

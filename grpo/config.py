@@ -1,23 +1,19 @@
-"""Typed run configuration: YAML first, ``--key value`` CLI overrides, value checks with one clear message.
+"""Typed run configuration: the schema (one documented field per key), value checks with one clear message, and
+the typed options the loss and the correction take.
 
 Field names follow TRL's ``GRPOConfig`` where the concept is the same, so a TRL or open-r1 user reads our
-recipes without a dictionary. ``load_config(argv)`` parses and checks values and has no side effects: it reads
-the YAML file and nothing else. Checks that touch the world (output folder, model files, datasets, reward
-modules, installed trackers, ``--smoke`` stand-ins) run afterwards in :func:`grpo.preflight.preflight`. Every
-problem raises :class:`ConfigError` whose message is one line naming the problem and the fix.
+recipes without a dictionary. Reading a config (YAML file, ``--key value`` flags, ``--help``) is
+:mod:`grpo.cli`; checks that touch the world (output folder, model files, datasets, reward modules, installed
+trackers, ``--smoke`` stand-ins) run afterwards in :func:`grpo.preflight.preflight`. Every problem raises
+:class:`ConfigError` whose message is one line naming the problem and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from grpo import core, correction
 from grpo.errors import ConfigError
@@ -54,7 +50,7 @@ class GRPOConfig:
     rewards: dict = _f(
         {"accuracy": 1.0, "format": 0.1},
         "Reward functions and weights: {name: weight} or {name: {weight: w, kwargs: {...}}}; names are "
-        "registered rewards or 'package.module:function'.",
+        "registered rewards, 'package.module.function' or 'package.module:function'.",
     )
     # --- output
     output_dir: str = _f("runs/default", "Where metrics.jsonl, run_info.json, config.yaml and the final model go.")
@@ -151,137 +147,12 @@ class GRPOConfig:
                      "in the task's format, 2 steps. Runs any recipe offline in seconds.")
 
 
-def _strip_optional(tp: Any) -> tuple[Any, bool]:
-    """``int | None`` -> (int, True); ``int`` -> (int, False)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], len(args) < len(typing.get_args(tp))
-    return tp, False
-
-
-_HINTS = typing.get_type_hints(GRPOConfig)
-_TYPES = {name: _strip_optional(tp) for name, tp in _HINTS.items()}
-
-
-def _coerce(key: str, value: Any, from_cli: bool) -> Any:
-    """Convert ``value`` to the field's type; raise ConfigError with the expected type if it cannot be."""
-    tp, optional = _TYPES[key]
-    # "none" on the command line means null only for optional fields: `--scale_rewards none` is a real value.
-    if value is None or (optional and from_cli and isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional:
-            return None
-        raise ConfigError(f"config key '{key}' cannot be empty; give a {tp.__name__}")
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-                return value.lower() in ("true", "1", "yes", "on")
-            raise ValueError
-        if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            if isinstance(value, str) and not from_cli:
-                raise ValueError
-            return int(value)
-        if tp is float:
-            if isinstance(value, bool) or (isinstance(value, str) and not from_cli):
-                # YAML 1.1 reads "1e-4" (no dot) as a string: accept it, it is what users write.
-                if isinstance(value, str):
-                    return float(value)
-                raise ValueError
-            return float(value)
-        if tp is dict:
-            if isinstance(value, str) and from_cli:
-                value = yaml.safe_load(value)
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
-        if tp is list:
-            if isinstance(value, str) and from_cli:
-                value = yaml.safe_load(value)  # "[a, b]" on the command line
-            if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]  # "a" or "a,b"
-            if not isinstance(value, list):
-                raise ValueError
-            return value
-        if tp is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-    except (ValueError, TypeError, yaml.YAMLError):
-        pass
-    else:
-        return value
-    raise ConfigError(f"config key '{key}' must be {'an' if tp is int else 'a'} {tp.__name__}, got {value!r}")
-
-
-def _unknown_key(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(_TYPES), n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see `python train.py --help` for the keys"
-    return ConfigError(f"unknown config key '{key}'{hint}")
-
-
-def parse_cli(argv: list[str]) -> tuple[str | None, dict[str, str]]:
-    """Split ``--config PATH`` and ``--key value`` / ``--key=value`` pairs. Returns (config path, overrides)."""
-    config_path, overrides, i = None, {}, 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"unexpected argument {arg!r}; options look like --key value")
-        key, eq, value = arg[2:].partition("=")
-        key = key.replace("-", "_")
-        if not eq and key == "smoke" and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
-            value = "true"  # --smoke is a switch: bare means on
-        elif not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ConfigError(f"option --{key} needs a value, e.g. --{key} VALUE")
-            value = argv[i + 1]
-            i += 1
-        i += 1
-        if key == "config":
-            config_path = value
-        else:
-            overrides[key] = value
-    return config_path, overrides
-
-
-def load_config(argv: list[str] | None = None) -> GRPOConfig:
-    """Build and validate the config: defaults < YAML file (``--config``, else configs/default.yaml) < CLI.
-
-    Raises:
-        ConfigError: unknown or mistyped key, missing file, inconsistent batch shape... one line each.
-    """
-    config_path, overrides = parse_cli(list(argv or []))
-    path = Path(config_path) if config_path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}; pass an existing YAML file with --config (see configs/)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must be a mapping of key: value")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _TYPES:
-            raise _unknown_key(key)
-        values[key] = _coerce(key, value, from_cli=False)
-    for key, value in overrides.items():
-        if key not in _TYPES:
-            raise _unknown_key(key)
-        values[key] = _coerce(key, value, from_cli=True)
-    cfg = GRPOConfig(**values)
-    validate(cfg)
-    return cfg
-
-
 def validate(cfg: GRPOConfig) -> None:
     """Check values and their consistency before anything heavy is loaded. Raises ConfigError."""
-    positive = ["update_buckets", "max_sampling_rounds", "max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+    if cfg.num_generations < 2:  # before the >= 1 checks: 0 and 1 get the same message
+        raise ConfigError(f"config key 'num_generations' must be >= 2 (group advantages compare samples of the same "
+                          f"prompt), got {cfg.num_generations}")
+    positive = ["update_buckets", "max_sampling_rounds", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
                 "max_completion_length", "num_iterations", "eval_batch_size", "logging_steps"]
     for key in positive:
         if getattr(cfg, key) < 1:
@@ -293,8 +164,6 @@ def validate(cfg: GRPOConfig) -> None:
         raise ConfigError(f"temperature must be > 0 for sampling, got {cfg.temperature}")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be > 0, got {cfg.learning_rate}")
-    if cfg.num_generations < 2:
-        raise ConfigError("num_generations must be >= 2: group advantages compare samples of the same prompt")
     rollout = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     if rollout % cfg.num_generations:
         raise ConfigError(
@@ -383,12 +252,3 @@ def correction_options(cfg: GRPOConfig) -> correction.CorrectionOptions:
     """The run's sampler/trainer correction choices (checked when built)."""
     return correction.CorrectionOptions(cfg.vllm_importance_sampling_mode, cfg.vllm_importance_sampling_clip_max,
                                         cfg.vllm_importance_sampling_clip_min)
-
-
-def help_text() -> str:
-    """``--help``: every key with its default and documentation."""
-    lines = ["usage: train.py [--config FILE.yaml] [--key value ...]", "", "keys (default):"]
-    for f in dataclasses.fields(GRPOConfig):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        lines.append(f"  --{f.name} ({default!r})\n      {f.metadata['help']}")
-    return "\n".join(lines)

@@ -176,7 +176,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     s: dict[str, Any] = {"task": "gsm8k", "task_kwargs": {}, "rewards": {}, "reward": "accuracy", "batch_size": 64,
                          "max_new_tokens": 1024, "pass_k": 1, "temperature": 1.0}
     if args.config:
-        from grpo.config import load_config
+        from grpo.cli import load_config
 
         cfg = load_config(["--config", args.config])
         s.update(task=cfg.task, task_kwargs=dict(cfg.task_kwargs), rewards=cfg.rewards, reward=cfg.eval_reward,

@@ -155,7 +155,7 @@ class MetricsLogger:
             write_run_record(self.out, run_info(self.acc, self.cfg.seed, tracker_names(self.cfg)), to_dict(self.cfg))
             self.metrics_path.write_text("")
             self.completions_path.write_text("")
-            self.console.print(f"grpo-zero: {self.cfg.max_steps} steps, world size {self.acc.num_processes}, "
+            self.console.print(f"grpo-zero: {self.cfg.max_steps} step{'' if self.cfg.max_steps == 1 else 's'}, world size {self.acc.num_processes}, "
                                f"device {self.acc.device}, output {self.out}", markup=False)
         if self.acc.log_with:
             # init_trackers runs on the main process only (accelerate's decorator); the others have none.

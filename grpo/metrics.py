@@ -19,6 +19,7 @@ from torch import Tensor
 
 from grpo import core, reasoning
 from grpo.batch import UpdateStats
+from rewards.calling import logged_metric_names
 
 # How per-rank scalars combine into the logged value. Exact metric names; anything not listed is a counter
 # (reward timeouts, errors, worker failures...) and is summed over ranks. The update's own metrics take their
@@ -41,6 +42,8 @@ DEFAULT_REDUCTION = "sum"
 
 def reduction(name: str) -> str:
     """How ranks combine metric ``name``: ``max``, ``min``, ``mean`` or ``sum`` (counters)."""
+    if name in logged_metric_names():  # a reward's log_metric scalar: averaged, as TRL does
+        return "mean"
     return REDUCTIONS.get(name, DEFAULT_REDUCTION)
 
 

@@ -17,8 +17,11 @@ adapter switched off (:func:`reference_context`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,7 @@ def _load_error(what: str, name: str, e: Exception) -> ModelLoadError:
     offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
     return ModelLoadError(
         f"cannot load {what} {name!r}: {tried}{offline} said: {reason}; to run offline pass a local model folder as "
-        "model_name_or_path, or download it once (huggingface-cli download NAME) and set HF_HUB_OFFLINE=1"
+        "model_name_or_path, or download it once (hf download NAME; older huggingface_hub: huggingface-cli download NAME) and set HF_HUB_OFFLINE=1"
     )
 
 
@@ -128,11 +131,19 @@ def quiet_progress(enabled: bool = True) -> Any:
     was_on = hf_logging.is_progress_bar_enabled()
     if enabled and was_on:
         hf_logging.disable_progress_bar()
+    # transformers' GGUF conversion bar uses tqdm directly (not the switch above); in a log file, rather than a
+    # terminal, its carriage-return updates are noise.
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)
+    if enabled and gguf_tqdm is not None and not sys.stderr.isatty():
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         yield
     finally:
         if enabled and was_on:
             hf_logging.enable_progress_bar()
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
 
 
 def _from_pretrained(cfg: GRPOConfig, dtype: torch.dtype) -> PreTrainedModel:
@@ -141,6 +152,8 @@ def _from_pretrained(cfg: GRPOConfig, dtype: torch.dtype) -> PreTrainedModel:
         kwargs["attn_implementation"] = cfg.attn_implementation
     path = resolve_model_path(cfg.model_name_or_path)
     try:
+        if cfg.gguf_file:
+            import transformers.modeling_gguf_pytorch_utils  # noqa: F401 - loaded now so quiet_progress finds its bar
         with quiet_progress(Path(path).is_dir()):
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_gguf_kwargs(cfg.gguf_file))
     except (OSError, ValueError, ImportError) as e:
@@ -167,6 +180,9 @@ def load_policy(cfg: GRPOConfig) -> PreTrainedModel:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Training forwards keep no KV cache under checkpointing; saying so up front stops transformers' warning
+        # (one per rank) that it turned the cache off. Decoding passes its own use_cache and keeps its cache.
+        model.config.use_cache = False
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
 
@@ -176,7 +192,9 @@ def load_policy(cfg: GRPOConfig) -> PreTrainedModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             try:
-                model = get_peft_model(model, lora)
+                with warnings.catch_warnings():  # peft reads the deprecated is_gradient_checkpointing: not ours to fix
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                    model = get_peft_model(model, lora)
             except ValueError as e:
                 raise ConfigError(f"lora_target_modules {targets}: {str(e).splitlines()[0][:200]}; use [all-linear] or "
                                   "names of the model's linear layers (e.g. q_proj, v_proj)") from None
@@ -281,10 +299,11 @@ def _merge_saved_adapter(folder: str) -> None:
     """Replace the adapter saved in ``folder`` by the merged model (base + adapter), computed on CPU."""
     from peft import AutoPeftModelForCausalLM
 
-    merged = AutoPeftModelForCausalLM.from_pretrained(folder, dtype="auto").merge_and_unload()
-    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-        (Path(folder) / name).unlink(missing_ok=True)
-    merged.save_pretrained(folder)
+    with quiet_progress():  # a local folder: "Loading weights" / "Writing model shards" say nothing useful
+        merged = AutoPeftModelForCausalLM.from_pretrained(folder, dtype="auto").merge_and_unload()
+        for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+            (Path(folder) / name).unlink(missing_ok=True)
+        merged.save_pretrained(folder)
 
 
 def load_for_eval(name: str, dtype: str = "auto", trust_remote_code: bool = False,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +21,46 @@ from grpo.config import GRPOConfig, to_dict, validate
 from grpo.errors import ConfigError
 from grpo.tasks import Task, check_rewards_match, get_task
 from grpo.trackers import TRACKERS, installed, report_to_list
+from rewards.calling import CALL_KEYS
 
 
 def preflight(cfg: GRPOConfig, resume: bool = True) -> tuple[GRPOConfig, Task]:
     """Check ``cfg`` against the world and build its task. -> (the config to run, the task).
 
     Args:
-        cfg: a config from :func:`grpo.config.load_config` (values already checked).
+        cfg: a config from :func:`grpo.cli.load_config` (values already checked).
         resume: also check the checkpoint a training run would resume from (off for evaluation).
 
     Raises:
         ConfigError: one line naming the problem and the fix (``DataError`` for datasets).
     """
     check_output_dir(cfg.output_dir)
+    before = _smoke_folders(cfg.output_dir)
     if cfg.smoke:  # swap model and data for tiny offline stand-ins before the checks look for them
         from grpo.smoke import apply_smoke
 
         cfg = apply_smoke(cfg)
-        validate(cfg)
-    check_backend(cfg)
-    check_model(cfg)
-    check_trackers(cfg)
-    task = build_task(cfg)
-    check_rewards(cfg, task)
-    if resume:  # after the config's own mistakes (a misspelt reward is that, not "a different experiment")
-        check_resume(cfg)
+    try:
+        if cfg.smoke:
+            validate(cfg)
+        check_backend(cfg)
+        check_model(cfg)
+        check_trackers(cfg)
+        task = build_task(cfg)
+        check_rewards(cfg, task)
+        if resume:  # after the config's own mistakes (a misspelt reward is that, not "a different experiment")
+            check_resume(cfg)
+    except ConfigError:
+        for folder in _smoke_folders(cfg.output_dir) - before:  # a refused --smoke run leaves nothing behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return cfg, task
+
+
+def _smoke_folders(output_dir: str) -> set[Path]:
+    """The ``--smoke`` stand-in folders (``smoke-<key>``) in ``output_dir`` now."""
+    path = Path(output_dir)
+    return set(path.glob("smoke-*")) if path.is_dir() else set()
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -138,8 +153,9 @@ def check_resume(cfg: GRPOConfig) -> None:
         keys = resume_conflicts(saved, cfg)
         if keys:
             shown = ", ".join(f"{k} ({saved.get(k)!r} -> {getattr(cfg, k)!r})" for k in keys[:3])
-            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-            raise ConfigError(f"cannot resume {ckpt}: it is a different experiment: {shown}{more}; {fixes}")
+            more = f"; also differ: {', '.join(keys[3:])}" if len(keys) > 3 else ""
+            raise ConfigError(f"cannot resume {ckpt}: it is a different experiment (checkpoint's value -> this run's): "
+                              f"{shown}{more}; {fixes}")
     try:
         saved_world = json.loads((run_dir / "run_info.json").read_text()).get("world_size")
     except (OSError, ValueError):
@@ -190,8 +206,9 @@ def check_rewards(cfg: GRPOConfig, task: Task) -> None:
     check_rewards_match(task, cfg.rewards)
 
 
-# Columns every reward call receives besides the task's own (rewards.combine.score).
-CALL_COLUMNS = ("completions", "prompts", "completion_lengths")
+# What every reward call receives besides the task's own columns (rewards.combine.score, TRL's convention).
+CALL_COLUMNS = (*CALL_KEYS, "completion_lengths")
+EVAL_COLUMNS = ("completions", "prompts", "completion_lengths")
 
 
 def check_reward_columns(name: str, fn: Any, task: Task, kwargs: dict, eval_only: bool = False) -> None:
@@ -204,9 +221,13 @@ def check_reward_columns(name: str, fn: Any, task: Task, kwargs: dict, eval_only
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return
-    have = set(task.columns) | set(CALL_COLUMNS) | set(kwargs)
+    # The held-out eval calls its reward with the columns and prompts only (grpo.evaluate), not TRL's extras.
+    have = set(task.columns) | set(EVAL_COLUMNS if eval_only else CALL_COLUMNS) | set(kwargs)
     for p in params:
         required = p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if required and p.name not in have and p.name in CALL_COLUMNS:  # eval_only: a training-time argument
+            raise ConfigError(f"eval_reward '{name}' needs '{p.name}', which the held-out eval does not pass (it "
+                              "passes completions, prompts and the dataset columns); pick another eval_reward")
         if required and p.name not in have:
             role = "eval_reward" if eval_only else "reward"
             raise ConfigError(f"{role} '{name}' needs the column '{p.name}', which task '{task.name}' does not have "
@@ -216,7 +237,7 @@ def check_reward_columns(name: str, fn: Any, task: Task, kwargs: dict, eval_only
 
 def prepare(argv: list[str] | None = None) -> tuple[GRPOConfig, Task]:
     """``load_config(argv)`` then :func:`preflight`: the config to run and its task, as ``train.py`` gets them."""
-    from grpo.config import load_config
+    from grpo.cli import load_config
 
     return preflight(load_config(argv))
 

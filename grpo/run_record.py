@@ -96,6 +96,18 @@ def logged_eval(metrics_path: Path, step: int) -> dict | None:
     return None
 
 
+def last_logged_eval(metrics_path: Path) -> dict | None:
+    """The latest eval row of a metrics.jsonl (the end of a finished run that is rerun), ``None`` if none."""
+    rows = [row for row in read_jsonl(metrics_path) if "eval/accuracy" in row]
+    return {k: v for k, v in rows[-1].items() if k.startswith("eval/")} if rows else None
+
+
+def logged_step_seconds(metrics_path: Path, up_to_step: int) -> float:
+    """Seconds the logged train steps up to ``up_to_step`` took (``time/step_s``), for a resumed run's summary."""
+    return sum(float(row.get("time/step_s") or 0.0) for row in read_jsonl(metrics_path)
+               if "reward" in row and int(row.get("step", 0)) <= up_to_step)
+
+
 def fmt(value: Any, spec: str) -> str:
     """``value`` formatted with ``spec``, or ``-`` when it is missing or not finite (keeps the columns)."""
     if not isinstance(value, (int, float)) or not math.isfinite(value):

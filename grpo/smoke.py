@@ -32,7 +32,7 @@ from typing import Any
 
 from grpo.config import GRPOConfig
 from grpo.errors import ConfigError
-from grpo.model import resolve_model_path
+from grpo.model import quiet_progress, resolve_model_path
 
 
 def _qwen2(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, context: int, rope_theta: float,
@@ -144,7 +144,8 @@ def build_model(name: str, out: str | os.PathLike, seed: int = 0) -> str:
         model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
+    with quiet_progress():  # "Writing model shards" for a 1 MB stand-in is noise
+        model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (Path(out) / "smoke_info.json").write_text(json.dumps({"stands_in_for": name, "seed": seed}, indent=1))
     return str(out)

@@ -44,9 +44,11 @@ from grpo.model import (
 )
 from grpo.precision import decode_copy_dtype, plan_for_run
 from grpo.rollout import backend_for_run
-from grpo.run_record import logged_eval
+from grpo.run_record import last_logged_eval, logged_eval, logged_step_seconds
 from grpo.stop import StopRequest, count_bad_steps
 from grpo.tasks import Task, get_task
+from grpo.tasks.templates import reward_prompts
+from rewards.calling import TrainerState
 from rewards.combine import build_rewards, score
 
 
@@ -85,6 +87,7 @@ class Trainer:
             share_prompts=cfg.share_prompt_forward and not cfg.gradient_checkpointing)
         self.logger = MetricsLogger(cfg, acc)
         self.bad_steps = 0  # consecutive steps whose update was dropped as non-finite
+        self.global_step = 0  # steps finished, for the rewards' trainer_state
 
     # --- one step ----------------------------------------------------------------------------------------
 
@@ -97,11 +100,20 @@ class Trainer:
         rows = [r for r in rows for _ in range(G)]
         t1 = time.perf_counter()
         notes: list[dict] = [{} for _ in rows]  # per-sample verdicts (accuracy's reasons) for completions.jsonl
-        rewards, per_reward, reward_metrics = score(self.rewards, rollout.completions, rows, rollout.prompts,
-                                                    completion_lengths=rollout.lengths.tolist(), notes=notes)
+        ids = [c[m.bool()].tolist() for c, m in zip(rollout.completion_ids, rollout.completion_mask)]  # TRL's form
+        rewards, per_reward, reward_metrics = score(
+            self.rewards, rollout.completions, rows, reward_prompts(self.task, rows, rollout.prompts),
+            completion_lengths=rollout.lengths.tolist(), notes=notes, completion_ids=ids,
+            trainer_state=self.reward_state())
         rows = [dict(row, verdicts=note) if note else row for row, note in zip(rows, notes)]
         timing = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
         return StepBatch(rollout, rows, G, rewards, per_reward), {**timing, **reward_metrics}
+
+    def reward_state(self) -> TrainerState:
+        """TRL's ``trainer_state`` for the rewards: steps finished, ``max_steps``, epochs of train rows so far."""
+        rows = len(getattr(self.stream, "rows", None) or ()) or None
+        epoch = getattr(self.stream, "epoch", 0) + getattr(self.stream, "pos", 0) / rows if rows else 0.0
+        return TrainerState(global_step=self.global_step, max_steps=self.cfg.max_steps, epoch=float(epoch))
 
     def collect(self) -> tuple[StepBatch, dict[str, float]]:
         """This step's batch of N (rewards included), with DAPO dynamic sampling when configured (grpo.collect)."""
@@ -195,6 +207,7 @@ class Trainer:
     def step(self, step: int) -> dict[str, float]:
         """One GRPO step; returns this step's metrics (over all ranks)."""
         cfg, acc = self.cfg, self.accelerator
+        self.global_step = step - 1  # as TRL's trainer_state while this step's batch is scored
         t0 = time.perf_counter()
         batch, collect_metrics = self.collect()
         t2 = time.perf_counter()
@@ -268,7 +281,8 @@ class Trainer:
                     last_eval = self.evaluate()
                     self.logger.log(step, last_eval)
                 stopping = stop.agreed(acc)
-                if (cfg.save_steps and step % cfg.save_steps == 0) or stopping or (cfg.save_steps and step == cfg.max_steps):
+                # save_steps 0 means "only at the end": the last step always saves, so a finished run can resume.
+                if (cfg.save_steps and step % cfg.save_steps == 0) or stopping or step == cfg.max_steps:
                     path = self.save_checkpoint(step)
                 if stopping:
                     acc.print(f"stopped by signal after step {step}; checkpoint saved to {path}. "
@@ -278,6 +292,11 @@ class Trainer:
             acc.print(f"nothing to do: {cfg.output_dir} already finished step {start_step}; raise --max_steps to "
                       "continue or pass --overwrite_output_dir true to start again")
         wall = time.perf_counter() - t_start
+        if start_step > 0:  # resumed (or already finished): the summary covers the whole run, from its logs
+            metrics_path = Path(cfg.output_dir) / "metrics.jsonl"
+            wall += logged_step_seconds(metrics_path, start_step)
+            if last_eval is first_eval:  # no eval ran in this session
+                last_eval = last_logged_eval(metrics_path) or last_eval
         finished = step >= cfg.max_steps and not stop.requested
         if cfg.save_final_model and finished and start_step < cfg.max_steps:
             with write_errors(f"{cfg.output_dir}/final", cfg.output_dir):  # LoRA: adapter or merged (grpo/model.py)

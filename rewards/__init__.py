@@ -1,20 +1,25 @@
 """Rule rewards and the reward registry.
 
-Contract (the same as TRL's, so functions move both ways)::
+Contract (TRL's ``GRPOTrainer`` calling convention, so functions move both ways; see ``rewards/calling.py``)::
 
     def my_reward(completions: list[str], **columns) -> list[float | None]: ...
 
 ``columns`` holds every dataset column batched alongside ``completions`` (e.g. ``answer: list[str]``) plus
-``prompts``. ``None`` means "does not apply to this sample". Built-in rewards never raise.
+``prompts``, ``completion_ids``, ``completion_lengths``, ``trainer_state``, ``log_extra`` and ``log_metric``.
+Under ``template: chat`` prompts and completions are conversational (lists of message dicts), as in TRL; the
+built-ins accept both forms. ``async def`` rewards are awaited. ``None`` means "does not apply to this sample".
+Built-in rewards never raise.
 
-``get(name)`` resolves a registered name, a dotted path ``"package.module:function"``, a registered name in a
-module (``"package.module:name"``) or an entry point in group ``grpo_zero.rewards`` (see ``rewards/registry.py``).
+``get(name)`` resolves a registered name, a path ``"package.module:function"`` or ``"package.module.function"``
+(TRL's form), a registered name in a module (``"package.module:name"``) or an entry point in group
+``grpo_zero.rewards`` (see ``rewards/registry.py``).
 A reward may add counters to the step's metrics with ``report(key, value)``; ``rewards.combine.score`` logs them
 as ``rewards/<name>/<key>``. This package imports nothing from ``grpo``.
 
-Layout: ``registry`` (names, counters), ``extract`` (the final answer: tags, boxes, cleaning), ``numbers`` (exact
-values, stall guard), ``golds`` (gold parsing), ``spec`` (the ``{weight, kwargs, on_error, deadline_s}`` spec),
-``sandbox`` (killable worker processes), ``combine`` (weighted sum), ``explain`` (CLI), the built-ins.
+Layout: ``registry`` (names, counters), ``calling`` (TRL's calling convention), ``extract`` (the final answer:
+tags, boxes, cleaning), ``numbers`` (exact values, stall guard), ``golds`` (gold parsing), ``spec`` (the ``{weight,
+kwargs, on_error, deadline_s}`` spec), ``sandbox`` (killable worker processes), ``combine`` (weighted sum),
+``explain`` (CLI), the built-ins.
 
 Built-ins: ``accuracy`` (math answers, bounded in time), ``format`` and ``tag_count`` (R1 output format),
 ``countdown`` (TinyZero's task), ``overlong`` (DAPO's soft overlong punishment).
@@ -36,6 +41,11 @@ from rewards.registry import (
 # isort: split
 # Import the built-ins so they register themselves (they import rewards.registry, never this package: no circle).
 from rewards import accuracy, countdown, format, overlong
+from rewards.calling import TrainerState, accepts_messages
 
-__all__ = ["ENTRY_POINT_GROUP", "RewardFn", "accuracy", "annotate", "available", "collect_metrics", "countdown",
+# The built-ins read text; registered wrapped, they also take TRL's conversational completions (template: chat).
+for _name in ("accuracy", "countdown", "format", "overlong", "tag_count"):
+    register(_name)(accepts_messages(get(_name)))
+
+__all__ = ["ENTRY_POINT_GROUP", "RewardFn", "TrainerState", "accepts_messages", "accuracy", "annotate", "available", "collect_metrics", "countdown",
            "format", "get", "overlong", "register", "report"]

@@ -146,7 +146,7 @@ def main() -> None:
 
 def _call_handler():
     """``{"op": "call", "fn": "module:qualname", "sys_path": [...], "data": b64(pickle((completions, columns,
-    kwargs)))}`` -> ``{"ok": true, "status": "ok", "data": b64(pickle((values, counters, notes)))}``: a reward
+    kwargs)))}`` -> ``{"ok": true, "status": "ok", "data": b64(pickle((values, counters, notes, metrics)))}``: a reward
     function run here so that the parent can kill it at its deadline (``rewards.combine``'s ``deadline_s``)."""
     import base64
     import importlib
@@ -168,14 +168,16 @@ def _call_handler():
             functions[req["fn"]] = obj
         completions, columns, kwargs = pickle.loads(base64.b64decode(req["data"]))
         try:
-            from rewards.registry import collect
+            from rewards.calling import invoke
+            from rewards.registry import Sink
         except ImportError:  # the project is not importable here: run without counters
             values, counters, notes = functions[req["fn"]](completions=completions, **columns, **kwargs), {}, None
-        else:
-            with collect() as sink:
-                values = functions[req["fn"]](completions=completions, **columns, **kwargs)
-            counters, notes = sink.counters, sink.notes
-        payload = base64.b64encode(pickle.dumps((list(values), counters, notes))).decode()
+            metrics = {}
+        else:  # TRL's convention (log_extra, log_metric, async) as in-process
+            sink = Sink()
+            values = invoke(functions[req["fn"]], completions, columns, kwargs, sink)
+            counters, notes, metrics = sink.counters, sink.notes, sink.metrics
+        payload = base64.b64encode(pickle.dumps((list(values), counters, notes, metrics))).decode()
         return {"ok": True, "status": "ok", "data": payload}
 
     return handle

@@ -25,7 +25,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from rewards.registry import Sink, collect, get, import_path, report
+from rewards.calling import (
+    TrainerState,
+    as_messages,
+    as_texts,
+    completion_text,
+    invoke,
+    is_conversational,
+    note_metric_name,
+)
+from rewards.registry import Sink, get, import_path
 from rewards.sandbox import call_reward
 from rewards.spec import ON_ERROR, SPEC_KEYS, parse_spec  # noqa: F401 - ON_ERROR, SPEC_KEYS re-exported
 
@@ -97,8 +106,8 @@ def _to_float(spec: RewardSpec, i: int, v: object) -> float:
     raise RewardError(f"reward '{spec.name}' returned {v!r} for sample {i}; a reward returns a finite float or None")
 
 
-def _call(spec: RewardSpec, completions: list[str], columns: dict) -> list:
-    values = spec.fn(completions=completions, **columns, **spec.kwargs)
+def _call(spec: RewardSpec, completions: list, columns: dict, context: dict, sink: Sink) -> list:
+    values = invoke(spec.fn, completions, columns, {**context, **spec.kwargs}, sink)
     if not isinstance(values, (list, tuple)) or len(values) != len(completions):
         got = f"{len(values)} values" if isinstance(values, (list, tuple)) else type(values).__name__
         raise RewardError(f"reward '{spec.name}' returned {got} for {len(completions)} completions; "
@@ -106,13 +115,14 @@ def _call(spec: RewardSpec, completions: list[str], columns: dict) -> list:
     return list(values)
 
 
-def _run_one(spec: RewardSpec, completions: list[str], columns: dict) -> tuple[list[float], int]:
+def _run_one(spec: RewardSpec, completions: list, columns: dict, context: dict,
+             sink: Sink) -> tuple[list[float], int]:
     """Call the reward on the batch. On an exception, call it per sample to find the failing ones.
 
     Returns the N values (NaN = None) and the number of samples that raised (scored 0 under ``zero``).
     """
     try:
-        values = _call(spec, completions, columns)
+        values = _call(spec, completions, columns, context, sink)
         return [_to_float(spec, i, v) for i, v in enumerate(values)], 0
     except RewardError:
         raise
@@ -121,13 +131,13 @@ def _run_one(spec: RewardSpec, completions: list[str], columns: dict) -> tuple[l
         for i in range(len(completions)):
             one = {k: v[i : i + 1] for k, v in columns.items()}
             try:
-                out.append(_to_float(spec, i, _call(spec, completions[i : i + 1], one)[0]))
+                out.append(_to_float(spec, i, _call(spec, completions[i : i + 1], one, context, sink)[0]))
             except RewardError:
                 raise
             except Exception as e:  # noqa: BLE001
                 if spec.on_error == "raise":
                     raise RewardError(
-                        f"reward '{spec.name}' failed on sample {i} ({completions[i][:60]!r}...): "
+                        f"reward '{spec.name}' failed on sample {i} ({completion_text(completions[i])[:60]!r}...): "
                         f"{type(e).__name__}: {e}; fix the verifier, or set on_error: zero for it in the config"
                     ) from None
                 out.append(0.0)
@@ -135,11 +145,11 @@ def _run_one(spec: RewardSpec, completions: list[str], columns: dict) -> tuple[l
         if errors == 0 and spec.on_error == "raise":  # only the batch call failed: report that
             raise RewardError(f"reward '{spec.name}' failed on the batch but on no single sample: "
                               f"{type(batch_error).__name__}: {batch_error}") from None
-        report("batch_errors", 1)  # under on_error: zero a failing batch call stays visible in the metrics
+        sink.counters["batch_errors"] = sink.counters.get("batch_errors", 0.0) + 1  # visible under on_error: zero
         return out, errors
 
 
-def _run_in_workers(spec: RewardSpec, completions: list[str], columns: dict,
+def _run_in_workers(spec: RewardSpec, completions: list, columns: dict, context: dict,
                     sink: Sink) -> tuple[list[float], int, int]:
     """Call the reward in the killable worker pool (its ``deadline_s``). Samples of a chunk that timed out score
     0 (``timeouts``); a chunk that raised follows ``on_error`` and counts every sample it zeroed as an error.
@@ -149,7 +159,8 @@ def _run_in_workers(spec: RewardSpec, completions: list[str], columns: dict,
     values = [0.0] * len(completions)
     notes: list = [None] * len(completions)
     errors = timeouts = 0
-    for part in call_reward(import_path(spec.fn), completions, columns, spec.kwargs, spec.deadline_s):
+    kwargs = {**context, **spec.kwargs}  # trainer_state goes whole to every chunk; columns are split
+    for part in call_reward(import_path(spec.fn), completions, columns, kwargs, spec.deadline_s):
         size = part.stop - part.start
         if part.status == "timeout":
             timeouts += size
@@ -165,6 +176,8 @@ def _run_in_workers(spec: RewardSpec, completions: list[str], columns: dict,
             values[part.start : part.stop] = [_to_float(spec, part.start + i, v) for i, v in enumerate(part.values)]
             for key, value in (part.counters or {}).items():
                 sink.counters[key] = sink.counters.get(key, 0.0) + value
+            for key, value in (part.metrics or {}).items():
+                sink.metrics.setdefault(key, []).extend(value)
             if part.notes is not None and len(part.notes) == size:
                 notes[part.start : part.stop] = part.notes
     sink.counters["timeouts"] = sink.counters.get("timeouts", 0.0) + timeouts
@@ -173,7 +186,7 @@ def _run_in_workers(spec: RewardSpec, completions: list[str], columns: dict,
     return values, errors, timeouts
 
 
-def batch_columns(rows: list[dict], prompts: list[str]) -> dict[str, list]:
+def batch_columns(rows: list[dict], prompts: list) -> dict[str, list]:
     """Dataset columns batched for a reward call: ``{column: [value per row]}``, with the prompts as
     ``prompts`` (the TRL name) instead of the rows' ``prompt``."""
     columns = {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}
@@ -182,26 +195,31 @@ def batch_columns(rows: list[dict], prompts: list[str]) -> dict[str, list]:
     return columns
 
 
-def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], prompts: list[str],
-          completion_lengths: list[int] | None = None,
-          notes: list[dict] | None = None) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
-    """Weighted sum of rewards over N completions.
+def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], prompts: list,
+          completion_lengths: list[int] | None = None, notes: list[dict] | None = None,
+          completion_ids: list[list[int]] | None = None,
+          trainer_state: TrainerState | None = None) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+    """Weighted sum of rewards over N completions, each reward called as TRL calls it (``rewards.calling``).
 
     Args:
         specs: the rewards and weights.
         completions: N completion texts.
         rows: N dataset rows (each row's columns are passed batched, e.g. ``answer=[...]``).
-        prompts: N prompt texts.
+        prompts: N prompts: texts, or conversations (lists of message dicts, ``template: chat``); with
+            conversations the completions are passed conversationally too (built-ins get text).
         completion_lengths: N completion lengths in tokens, passed as column ``completion_lengths``.
         notes: optional N dicts; each gets ``{name: note}`` for the rewards that ``annotate`` their samples
-            (``accuracy``'s verdicts), for ``completions.jsonl``.
+            (``accuracy``'s verdicts) or ``log_extra`` columns, for ``completions.jsonl``.
+        completion_ids: N token-id lists (EOS included, no padding), passed as ``completion_ids``.
+        trainer_state: passed as ``trainer_state`` (a default ``TrainerState()`` when ``None``).
 
     Returns:
         total (N,) float; per reward name a (N,) tensor with NaN where the reward returned ``None`` (``None``
-        contributes 0 to the sum and is left out of that reward's mean); and counters for this batch:
+        contributes 0 to the sum and is left out of that reward's mean); and metrics for this batch:
         ``rewards/<name>/errors`` (samples scored 0 under ``on_error: zero``), ``rewards/<name>/timeouts`` for a
-        reward with ``deadline_s``, plus whatever each reward ``report``-ed, as ``rewards/<name>/<key>`` (e.g.
-        ``rewards/accuracy/reason/right``).
+        reward with ``deadline_s``, whatever each reward ``report``-ed, as ``rewards/<name>/<key>`` (e.g.
+        ``rewards/accuracy/reason/right``), and the mean of what it passed to ``log_metric(key, value)``, also as
+        ``rewards/<name>/<key>`` (listed by :func:`rewards.calling.logged_metric_names`).
 
     Raises:
         RewardError: a reward raised under ``on_error: raise``, or returned the wrong number or kind of values.
@@ -209,23 +227,38 @@ def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], pro
     columns = batch_columns(rows, prompts)
     if completion_lengths is not None:
         columns["completion_lengths"] = [int(n) for n in completion_lengths]
+    if completion_ids is not None:
+        columns["completion_ids"] = [list(map(int, ids)) for ids in completion_ids]
+    context = {"trainer_state": trainer_state if trainer_state is not None else TrainerState()}
+    chat = bool(prompts) and is_conversational(prompts[0])
+    forms = {False: as_texts(completions), True: as_messages(as_texts(completions)) if chat else None}
     total = torch.zeros(len(completions))
     per_reward: dict[str, Tensor] = {}
     metrics: dict[str, float] = {}
     for spec in specs:
-        with collect() as sink:
-            if spec.deadline_s is not None:
-                values, errors, _ = _run_in_workers(spec, completions, columns, sink)
-            else:
-                values, errors = _run_one(spec, completions, columns)
+        given = forms[chat and not getattr(spec.fn, "text_completions", False)]
+        sink = Sink()
+        if spec.deadline_s is not None:
+            values, errors, _ = _run_in_workers(spec, given, columns, context, sink)
+        else:
+            values, errors = _run_one(spec, given, columns, context, sink)
         vec = torch.tensor(values, dtype=torch.float32)
         per_reward[spec.name] = vec
         total += spec.weight * torch.nan_to_num(vec, nan=0.0)
-        metrics[f"rewards/{spec.name}/errors"] = float(errors)
-        for key, value in sink.counters.items():
-            metrics[f"rewards/{spec.name}/{key}"] = value
+        metrics.update(_sink_metrics(spec.name, errors, sink))
         if notes is not None and sink.notes is not None and len(sink.notes) == len(notes):
             for note, sample_note in zip(notes, sink.notes):
                 if sample_note is not None:
                     note[spec.name] = sample_note
     return total, per_reward, metrics
+
+
+def _sink_metrics(name: str, errors: int, sink: Sink) -> dict[str, float]:
+    """One reward's metrics of a batch: errors, summed counters, averaged ``log_metric`` values."""
+    out = {f"rewards/{name}/errors": float(errors)}
+    out.update({f"rewards/{name}/{key}": value for key, value in sink.counters.items()})
+    for key, values in sink.metrics.items():
+        if values:
+            out[f"rewards/{name}/{key}"] = sum(values) / len(values)
+            note_metric_name(f"rewards/{name}/{key}")
+    return out

@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.reason and v.reason.value != args.reason:
             continue
         print((f"[{label}] " if label else "") + format_verdict(v, gold, completion))
+    if args.reason and args.reason not in counts:  # say so, rather than print nothing but the counts
+        where = f" at step {args.step}" if args.step is not None else ""
+        print(f"no completion{where} has reason {args.reason}")
     if len(items) > 1:
         print(f"{len(items)} completions: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda x: -x[1])))
     return 0

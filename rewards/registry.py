@@ -1,16 +1,18 @@
 """The reward registry and the per-call metric sinks; imports nothing from the package, so anything may import it.
 
-``get(name)`` resolves, in order: a registered name, a dotted path ``"package.module:function"``, a
-``"module:"`` prefix ``"package.module:name"`` whose module registers ``name`` with ``@rewards.register``, or an
-entry point in group ``grpo_zero.rewards``. A reward adds counters to the step's metrics with
-``report(key, value)`` (logged as ``rewards/<name>/<key>``) and per-sample notes with ``annotate(notes)``
+``get(name)`` resolves, in order: a registered name, a path ``"package.module:function"``, a ``"module:"``
+prefix ``"package.module:name"`` whose module registers ``name`` with ``@rewards.register``, an entry point in
+group ``grpo_zero.rewards``, or TRL's dotted form ``"package.module.function"``. A reward adds counters to the
+step's metrics with ``report(key, value)`` (logged as ``rewards/<name>/<key>``) and per-sample notes with ``annotate(notes)``
 (written to ``completions.jsonl`` beside the sample); both are no-ops outside :func:`collect_metrics`.
 """
 
 from __future__ import annotations
 
 import contextvars
+import difflib
 import importlib
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,33 +50,37 @@ def available() -> list[str]:
     return sorted(names)
 
 
-def _from_module(name: str) -> RewardFn:
-    """``package.module:attr``: the function ``attr`` of the module, or the name ``attr`` it registers."""
-    module_name, _, attr = name.partition(":")
+def _import(name: str, module_name: str):
+    """Import ``module_name`` for reward ``name``; a missing module says where Python looked."""
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):  # the plug-in module itself, not one of its imports
+            raise KeyError(f"reward {name!r}: no module {module_name!r} on the Python path; run from the folder "
+                           f"that holds it (now {os.getcwd()}) or add its folder to PYTHONPATH") from None
+        raise KeyError(f"reward {name!r}: cannot import module {module_name!r} ({e})") from None
     except ImportError as e:
         raise KeyError(f"reward {name!r}: cannot import module {module_name!r} ({e})") from None
+
+
+def _from_module(name: str, module_name: str, attr: str) -> RewardFn:
+    """``package.module:attr`` (or ``package.module.attr``): the function ``attr`` of the module, or the name
+    ``attr`` it registers."""
+    module = _import(name, module_name)
     fn = getattr(module, attr, None)
     if callable(fn):
         return fn
     if attr in _REGISTRY:  # the module ran @rewards.register(attr) on import
         return _REGISTRY[attr]
-    raise KeyError(f"reward {name!r}: module {module_name!r} has no function {attr!r} and registers no reward "
-                   f"{attr!r}")
+    public = [a for a in dir(module) if not a.startswith("_") and callable(getattr(module, a))]
+    close = difflib.get_close_matches(attr, public, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise KeyError(f"reward {name!r}: module {module_name!r} has no function {attr!r}{hint} and registers no "
+                   f"reward {attr!r}")
 
 
-def get(name: str) -> RewardFn:
-    """Resolve ``name``: registered name, ``"package.module:function"``, ``"package.module:registered_name"``,
-    or a ``grpo_zero.rewards`` entry point.
-
-    Raises:
-        KeyError: nothing matches; the message lists the known names.
-    """
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if ":" in name:
-        return _from_module(name)
+def _from_entry_point(name: str) -> RewardFn | None:
+    """The function of entry point ``name`` in group ``grpo_zero.rewards``; ``None`` if there is none."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             try:
@@ -84,9 +90,33 @@ def get(name: str) -> RewardFn:
             if not callable(fn):
                 raise KeyError(f"reward {name!r}: entry point {ep.value!r} is not a function")
             return fn
+    return None
+
+
+def get(name: str) -> RewardFn:
+    """Resolve ``name``: registered name, ``"package.module:function"`` or ``"package.module.function"`` (TRL's
+    and open-r1's dotted form), ``"package.module:registered_name"``, or a ``grpo_zero.rewards`` entry point.
+
+    Raises:
+        KeyError: nothing matches; the message names the closest known reward and lists the known names.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        return _from_module(name, module_name, attr)
+    fn = _from_entry_point(name)
+    if fn is not None:
+        return fn
+    if "." in name:  # module.function: the last dot splits module and function
+        module_name, _, attr = name.rpartition(".")
+        return _from_module(name, module_name, attr)
+    close = difflib.get_close_matches(name, available(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise KeyError(
-        f"unknown reward {name!r}; known rewards: {', '.join(available())} (or give a dotted path "
-        "'package.module:function', or 'package.module:name' for a name that module registers)"
+        f"unknown reward {name!r}{hint}; known rewards: {', '.join(available())} (or give a dotted path "
+        "'package.module.function' / 'package.module:function', or 'package.module:name' for a name that module "
+        "registers)"
     )
 
 
@@ -100,10 +130,12 @@ def import_path(fn: RewardFn) -> str | None:
 
 @dataclass
 class Sink:
-    """What rewards ``report`` (counters) and ``annotate`` (per-sample notes) during one reward call."""
+    """What rewards ``report`` (counters), ``annotate`` (per-sample notes) and ``log_metric`` (TRL's scalars) during
+    one reward call."""
 
     counters: dict[str, float] = field(default_factory=dict)
     notes: list[dict] | None = None
+    metrics: dict[str, list[float]] = field(default_factory=dict)  # log_metric values, averaged when logged
 
 
 _SINK: contextvars.ContextVar[Sink | None] = contextvars.ContextVar("reward_sink", default=None)

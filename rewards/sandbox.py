@@ -252,6 +252,7 @@ class CallResult:
     values: list | None = None
     counters: dict | None = None
     notes: list | None = None
+    metrics: dict | None = None  # log_metric values: name -> list of floats
     error: str | None = None
 
 
@@ -289,8 +290,8 @@ def call_reward(path: str, completions: list[str], columns: dict, kwargs: dict, 
         if res.status != "ok":
             out.append(CallResult(a, b, res.status, error=res.error))
             continue
-        values, counters, notes = pickle.loads(base64.b64decode(res.data))
-        out.append(CallResult(a, b, "ok", values, counters, notes))
+        values, counters, notes, metrics = pickle.loads(base64.b64decode(res.data))
+        out.append(CallResult(a, b, "ok", values, counters, notes, metrics))
     return out
 
 

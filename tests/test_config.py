@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from grpo.config import ConfigError, GRPOConfig, load_config, parse_cli
+from grpo.cli import load_config, parse_cli
+from grpo.config import ConfigError, GRPOConfig
 from grpo.preflight import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +50,14 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
         (["--max_steps", "ten"], "'max_steps' must be an int"),
         (["--max_steps", "1.5"], "'max_steps' must be an int"),
         (["--per_device_train_batch_size", "12"], "not divisible by num_generations = 8"),
-        (["--num_generations", "1"], "num_generations must be >= 2"),
+        (["--num_generations", "1"], "config key 'num_generations' must be >= 2 (group advantages compare samples of "
+                                     "the same prompt), got 1"),
+        (["--num_generations", "0"], "config key 'num_generations' must be >= 2 (group advantages compare samples of "
+                                     "the same prompt), got 0"),
         (["--loss_type", "ppo"], "must be one of grpo, bnpo, dr_grpo, dapo"),
-        (["--config", "nope/missing.yaml"], "config file not found: nope/missing.yaml"),
+        (["--config", "nope/missing.yaml"], "config file not found: nope/missing.yaml;"),
+        (["--config", "configs/qwen2.5-05b-gsm8k.yaml"], f"(did you mean {ROOT}/configs/qwen2.5-0.5b-gsm8k.yaml?)"),
+        (["--config", f"{ROOT}/examples/unit.yaml"], f"(did you mean {ROOT}/examples/units.yaml?)"),
         (["--rewards", "{accuracy: 1.0, acuracy: 1.0}"], "unknown reward 'acuracy'"),
         (["--task", "arithmetik"], "unknown task 'arithmetik'"),
         (["--max_steps"], "--max_steps needs a value"),
@@ -187,7 +193,7 @@ def test_eval_reward_needing_a_missing_column_fails_before_the_model_loads():
 
 def test_sampling_correction_keys(tmp_path):
     """TRL's names; auto (None) by default; bounds and modes checked in one line."""
-    from grpo.config import help_text
+    from grpo.cli import help_text
     from grpo.correction import correction_enabled
 
     assert "--vllm_importance_sampling_correction" in help_text()
@@ -208,3 +214,19 @@ def test_sampling_correction_keys(tmp_path):
         with pytest.raises(ConfigError, match=fragment) as err:
             load_config([*out, *argv])
         assert "\n" not in str(err.value)
+
+
+def test_help_shows_the_values_a_bare_run_uses_and_says_config_replaces_the_recipe():
+    """One source of defaults: --help reads configs/default.yaml, the file a bare run loads."""
+    import yaml
+
+    from grpo.cli import help_text
+    from grpo.config import DEFAULT_CONFIG
+
+    text = help_text()
+    bare = load_config([])
+    for key in yaml.safe_load(DEFAULT_CONFIG.read_text()):
+        line = next(line for line in text.splitlines() if line.startswith(f"  --{key} ("))
+        assert line.startswith(f"  --{key} ({getattr(bare, key)!r}"), line  # the bare run's value comes first
+    assert "  --max_steps (60 [100])" in text and "  --loss_type ('dr_grpo' ['dapo'])" in text
+    assert "--config FILE replaces that recipe" in text and "not on default.yaml" in text

@@ -175,7 +175,10 @@ def test_generic_dataset_maps_columns_from_any_local_format(tmp_path, fmt):
                     template="plain", num_eval=2)
     assert task.stats["train_rows"] == 10 and task.stats["eval_rows"] == 2
     row = task.eval_rows()[-1]
-    assert row == {"question": "What is 11 squared?", "answer": "121", "source": "gen", "prompt": "What is 11 squared?"}
+    # the mapped source columns stay too, as read (a reward copied from open-r1 reads its own column names)
+    raw = 121 if fmt == "csv" else "121"  # csv reads the number back as an int
+    assert row == {"question": "What is 11 squared?", "answer": "121", "source": "gen", "prompt": "What is 11 squared?",
+                   "problem_text": "What is 11 squared?", "solution_value": raw}
 
 
 def test_generic_dataset_gold_formats_and_missing_answer_column(tmp_path):

@@ -21,7 +21,7 @@ BASE_ARGS = ["--per_device_train_batch_size", "64", "--num_generations", "8", "-
 def _train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mixed_precision: str | None, *extra: str,
            steps: int = 2) -> tuple[list[dict], dict[str, torch.Tensor], torch.nn.Module]:
     """Train the bundled (trained) tiny base for ``steps`` steps on the GPU. -> metrics rows, initial weights, model."""
-    from grpo.config import load_config
+    from grpo.cli import load_config
     from grpo.trainer import Trainer
 
     if mixed_precision is None:
@@ -83,7 +83,7 @@ def test_vllm_configuration_learns(tmp_path, monkeypatch):
 
 
 def test_shared_and_unshared_prompt_logprobs_agree_in_bf16(tmp_path, monkeypatch):
-    from grpo.config import load_config
+    from grpo.cli import load_config
     from grpo.trainer import Trainer
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")

@@ -15,7 +15,8 @@ import yaml
 
 from grpo import plot, reasoning
 from grpo.batch import StepBatch
-from grpo.config import ConfigError, load_config
+from grpo.cli import load_config
+from grpo.config import ConfigError
 from grpo.logs import completion_records, format_eval_line, format_step_line
 from grpo.metrics import rollout_metrics_over_ranks
 from grpo.run_record import format_duration, summary_lines

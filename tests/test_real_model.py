@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import rewards
-from grpo.config import ConfigError, load_config
+from grpo.cli import load_config
+from grpo.config import ConfigError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 THREADS = 2

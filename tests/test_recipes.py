@@ -21,7 +21,7 @@ import yaml
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from grpo.batch import RolloutBatch
-from grpo.config import load_config
+from grpo.cli import load_config
 from grpo.evaluate import evaluate
 from grpo.model import (
     ModelLoadError,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from grpo.checkpoint import latest_checkpoint, list_checkpoints
-from grpo.config import load_config
+from grpo.cli import load_config
 from grpo.errors import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ KILL_DURING_SAVE = r"""
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from accelerate import Accelerator
-from grpo.config import load_config
+from grpo.cli import load_config
 from grpo.trainer import Trainer
 cfg = load_config({args!r})
 trainer = Trainer(cfg)
@@ -225,3 +225,21 @@ def test_optimizer_is_fused_adamw_with_the_same_step_as_torchs_default():
     model.codes = torch.nn.Parameter(torch.zeros(4, dtype=torch.int8), requires_grad=False)
     optimizer, _ = build_optimizer(cfg, model)
     assert not optimizer.defaults["fused"]
+
+
+def test_save_steps_0_saves_at_the_end_and_a_rerun_summarises_the_run_from_its_logs(tmp_path):
+    args = ["--max_steps", "2", "--save_steps", "0", "--eval_steps", "2", "--output_dir", str(tmp_path)]
+    proc = run(args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]  # "0 = only at the end"
+    first_done = next(line for line in proc.stdout.splitlines() if line.startswith("done:"))
+    rows = metrics(tmp_path)
+    evals = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
+    logged_s = sum(r["time/step_s"] for r in rows if "reward" in r)
+    proc = run(args)  # the finished run, rerun: nothing to train, the summary still describes the run
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout
+    assert f"eval accuracy {evals[0]:.3f} -> {evals[-1]:.3f}" in proc.stdout
+    done = next(line for line in proc.stdout.splitlines() if line.startswith("done:"))
+    assert done.startswith("done: 2 steps in ") and first_done.startswith("done: 2 steps in ")
+    seconds = int(done.removeprefix("done: 2 steps in ").removesuffix("s"))  # under a minute: "<n>s"
+    assert seconds >= int(logged_s)  # the logged step times, not this session's 0 s

@@ -382,7 +382,7 @@ def _plugin_module(monkeypatch, name: str = "my_verifiers") -> types.ModuleType:
 
 def test_get_resolves_names_paths_and_entry_points(monkeypatch):
     _plugin_module(monkeypatch)
-    assert rewards.get("accuracy") is accuracy_reward
+    assert rewards.get("accuracy").__wrapped__ is accuracy_reward  # wrapped: it also takes conversational completions
     assert rewards.get("my_verifiers:half")(["a", "b"]) == [0.5, 0.5]
     ep = EntryPoint(name="ep_half", value="my_verifiers:half", group=rewards.ENTRY_POINT_GROUP)
     monkeypatch.setattr(rewards.registry, "entry_points", lambda group: [ep] if group == rewards.ENTRY_POINT_GROUP else [])
@@ -393,7 +393,7 @@ def test_get_resolves_names_paths_and_entry_points(monkeypatch):
 def test_get_unknown_names_list_known():
     with pytest.raises(KeyError, match="known rewards: .*accuracy.*countdown.*format.*overlong.*tag_count"):
         rewards.get("acuracy")
-    with pytest.raises(KeyError, match="cannot import module"):
+    with pytest.raises(KeyError, match="no module 'no_such_module_xyz' on the Python path; run from the folder"):
         rewards.get("no_such_module_xyz:f")
     with pytest.raises(KeyError, match="has no function"):
         rewards.get("math:no_such_function")

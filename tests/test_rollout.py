@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.batch import RolloutBatch
-from grpo.config import load_config
+from grpo.cli import load_config
 from grpo.rollout import CompactSampler, HFGenerateBackend, make_backend, sample_next
 from grpo.scoring import lm_head_bypassed
 from grpo.trainer import Trainer

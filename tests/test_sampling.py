@@ -155,7 +155,7 @@ def test_trainer_scores_what_the_sampler_drew(tmp_path, backend, top_k, top_p):
     from dataclasses import replace
 
     from grpo import scoring
-    from grpo.config import load_config
+    from grpo.cli import load_config
     from grpo.trainer import Trainer
 
     cfg = load_config(["--per_device_train_batch_size", "16", "--num_generations", "4", "--max_completion_length",

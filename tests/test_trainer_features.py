@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from grpo import core
-from grpo.config import load_config
+from grpo.cli import load_config
 from grpo.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,8 @@ def generic_task(question_field: str = "question", answer_field: str = "answer",
         question_field: column holding the problem.
         answer_field: column holding the gold answer.
         gold: how to read the gold: ``raw`` (as is), ``gsm8k`` (after ``####``), ``boxed`` (last ``\\boxed{}``).
-        keep_columns: extra columns passed through to rewards (default: all other columns).
+        keep_columns: extra columns passed through to rewards (default: all other columns). The source columns of
+            ``question_field`` and ``answer_field`` are always kept as well, under their own names.
         **kwargs: ``DatasetSpec`` fields (``path``, ``split``, ``eval_split``, ``template``...).
     """
     if "path" not in kwargs:
@@ -31,9 +32,10 @@ def generic_task(question_field: str = "question", answer_field: str = "answer",
     read_gold = GOLD_FORMATS[gold]
 
     def normalize(row: dict) -> dict:
-        extra = {k: v for k, v in row.items() if k not in (question_field, answer_field)}
+        # Mapped fields keep their source column too (a reward copied from open-r1 reads ``solution``).
+        extra = dict(row)
         if keep_columns is not None:
-            extra = {k: row[k] for k in keep_columns}
+            extra = {k: row[k] for k in dict.fromkeys([*keep_columns, question_field, answer_field]) if k in row}
         if row.get(answer_field) is None:
             raise KeyError(answer_field)
         extra.pop("prompt", None)  # the rendered prompt is ours

@@ -24,7 +24,9 @@ def _math_normalize(levels: list[int] | None) -> Callable[[dict], dict | None]:
         gold = row.get("answer")
         if not (isinstance(gold, str) and gold.strip()):
             gold = require_gold(last_boxed(text_column(row, "solution")), "no 'answer' column and no \\boxed{} in the solution")
-        return {"question": text_column(row, "problem"), "answer": check_gold(gold), "level": _level(row.get("level"))}
+        sources = {k: row[k] for k in ("problem", "solution") if k in row}  # kept for rewards that read them (open-r1)
+        return {**sources, "question": text_column(row, "problem"), "answer": check_gold(gold),
+                "level": _level(row.get("level"))}
 
     return normalize
 

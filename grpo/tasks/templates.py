@@ -66,10 +66,8 @@ def render_prompt(question: str, template: str = "r1", tokenizer: Any = None, sy
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise DataError("template 'chat' needs a tokenizer with a chat_template; use an instruct model or "
                             "template r1 / qwen_math for base models")
-        system_prompt = SYSTEM_PROMPTS.get(system_prompt, system_prompt) if system_prompt else None
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": question}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(chat_messages(question, system_prompt), tokenize=False,
+                                             add_generation_prompt=True)
     elif "{question}" in template:
         text = template.replace("{question}", question)
     else:
@@ -78,6 +76,22 @@ def render_prompt(question: str, template: str = "r1", tokenizer: Any = None, sy
     if prefill_think:
         text += " <think>" if text.endswith(":") else "<think>"
     return text
+
+
+def chat_messages(question: str, system_prompt: str | None = None) -> list[dict]:
+    """The ``chat`` template's conversation: an optional system message (a ``SYSTEM_PROMPTS`` name or text) and the
+    question as the user's message."""
+    system_prompt = SYSTEM_PROMPTS.get(system_prompt, system_prompt) if system_prompt else None
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": question.strip()}]
+
+
+def reward_prompts(task: Task, rows: list[dict], texts: list[str]) -> list:
+    """The prompts as rewards get them, as TRL passes them: conversations (message lists) under ``template: chat``,
+    otherwise the prompt texts."""
+    if getattr(task, "template", None) != "chat" or not all("question" in row for row in rows):
+        return list(texts)
+    return [chat_messages(str(row["question"]), getattr(task, "system_prompt", None)) for row in rows]
 
 
 def reward_defaults(task: Task) -> dict[str, dict]:
