@@ -37,13 +37,15 @@ def test_registered_names_resolve_and_are_listed():
 
 def test_module_paths_resolve_functions_and_registered_names(plugin_module):
     assert registry.get(f"{plugin_module}:plain")(completions=["a", "b"]) == [0.5, 0.5]
+    assert registry.get(f"{plugin_module}.plain")(completions=["a"]) == [0.5]  # TRL's dotted form
     shouty = registry.get(f"{plugin_module}:shouty")  # the module registers "shouty" when imported
     assert shouty(completions=["HI", "hi"]) == [1.0, 0.0] and registry.get("shouty") is shouty
 
 
 @pytest.mark.parametrize("name, fragment", [
-    ("acuracy", "unknown reward 'acuracy'; known rewards: "),
-    ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+    ("acuracy", "unknown reward 'acuracy' (did you mean 'accuracy'?); known rewards: "),
+    ("no_such_module_xyz:f", "no module 'no_such_module_xyz' on the Python path"),
+    ("no_such_module_xyz.f", "no module 'no_such_module_xyz' on the Python path"),
     ("rewards.registry:nothing_here", "has no function 'nothing_here' and registers no reward"),
 ])
 def test_unknown_names_fail_with_one_line(name, fragment):
