@@ -20,7 +20,7 @@ import difflib
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -36,23 +36,19 @@ from rewards.calling import (
 )
 from rewards.registry import Sink, get, import_path
 from rewards.sandbox import call_reward
-from rewards.spec import ON_ERROR, SPEC_KEYS, parse_spec  # noqa: F401 - ON_ERROR, SPEC_KEYS re-exported
+from rewards.spec import SpecEntry, parse_spec
 
 
 class RewardError(RuntimeError):
     """A reward function failed or returned something unusable; the message is one line naming it."""
 
 
-@dataclass
-class RewardSpec:
-    """One reward function from the config with its weight, extra kwargs, error policy and deadline."""
+@dataclass(frozen=True)
+class RewardSpec(SpecEntry):
+    """One ``rewards:`` entry (:class:`rewards.spec.SpecEntry`: name, weight, kwargs, error policy, deadline) with
+    the function it resolved to."""
 
-    name: str
-    fn: Callable[..., list]
-    weight: float
-    kwargs: dict = field(default_factory=dict)
-    on_error: str = "raise"
-    deadline_s: float | None = None
+    fn: Callable[..., list] = field(kw_only=True)
 
 
 def check_kwargs(name: str, fn: Callable, kwargs: dict) -> None:
@@ -91,7 +87,7 @@ def build_rewards(spec: dict) -> list[RewardSpec]:
         if entry.deadline_s is not None and import_path(fn) is None:
             raise ValueError(f"reward '{name}' has deadline_s but its function cannot be imported by a worker "
                              "process (defined in __main__ or inside a function); move it into a module")
-        out.append(RewardSpec(name, fn, entry.weight, entry.kwargs, entry.on_error, entry.deadline_s))
+        out.append(RewardSpec(**{f.name: getattr(entry, f.name) for f in fields(entry)}, fn=fn))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -79,7 +80,7 @@ def test_masked_truncated_completions_do_not_move_the_weights(tmp_path):
 
 def test_step_without_signal_skips_the_update(tmp_path):
     t = make(tmp_path)
-    t.rewards[0].fn = lambda completions, **kw: [0.5] * len(completions)
+    t.rewards[0] = replace(t.rewards[0], fn=lambda completions, **kw: [0.5] * len(completions))
     before = [p.detach().clone() for p in t.model.parameters()]
     m = t.step(1)
     assert m["skipped_update"] == 1.0 and m["frac_reward_zero_std"] == 1.0
