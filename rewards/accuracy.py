@@ -32,13 +32,23 @@ reward logs ``rewards/accuracy/reason/<code>`` counts per step and writes each s
 from __future__ import annotations
 
 import enum
+import re
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 # boxed_contents, extract_answer, check_golds, parse_gold(s): imported from here before extract/golds existed
-from rewards.extract import ANSWER_FORMATS, boxed_contents, clean, extract_answer, find_answer, stated_answers  # noqa: F401
+from rewards.canon import Canon, canonical, containers_compare, same_value
+from rewards.extract import (  # noqa: F401
+    ANSWER_FORMATS,
+    Extraction,
+    boxed_contents,
+    clean,
+    extract_answer,
+    find_answer,
+    stated_answers,
+)
 from rewards.golds import Gold, GoldProblem, check_golds, gold_structure, parse_gold, parse_golds  # noqa: F401
 from rewards.numbers import count_candidates, is_pathological, plain_value, split_relation
 from rewards.registry import annotate, register, report
@@ -57,16 +67,20 @@ class Reason(str, enum.Enum):
     ANSWER_IN_THINK = "answer_in_think"
     UNCLOSED = "unclosed"
     MALFORMED = "malformed"
+    HEDGED = "hedged"
     OTHER_ANSWER_AFTER = "other_answer_after"
+    RETRACTED = "retracted"
     TOO_LONG = "too_long"
     REFUSED_PATHOLOGICAL = "refused_pathological"
     TIMEOUT = "timeout"
     UNPARSABLE = "unparsable"
+    PARTIAL_PARSE = "partial_parse"
     BAD_GOLD = "bad_gold"
     WORKER_FAILURE = "worker_failure"
 
 
 _WORKER_STATUS = {"timeout": Reason.TIMEOUT, "bad_gold": Reason.BAD_GOLD, "unparsable": Reason.UNPARSABLE,
+                  "partial": Reason.PARTIAL_PARSE,
                   "error": Reason.WORKER_FAILURE, "crash": Reason.WORKER_FAILURE, "unavailable": Reason.WORKER_FAILURE}
 
 
@@ -107,8 +121,50 @@ class LocalVerdict:
     path: str = "exact"
 
 
+_AND = re.compile(r"\\text\{\s*and\s*\}|\band\b")
+
+
+def _text_verdict(gold: Gold, canon: Canon) -> Reason:
+    """A words-only gold (``\\text{north}``, ``(C)``) against an answer, case-insensitively."""
+    said = canon.text_answer
+    if said is None:
+        bare = canon.text.strip("() ").lower()
+        said = bare if len(bare) == 1 and bare.isalpha() else None  # "C" for the option "(C)"
+    return Reason.RIGHT if said == gold.text_answer else Reason.WRONG
+
+
+def _shape(gold: Gold, s: str, canon: Canon) -> Reason | None:
+    """Hedges, too many candidates, prose or a partial read: the answer's shape alone decides a 0."""
+    if canon.hedges - gold.hedges:
+        return Reason.HEDGED
+    if count_candidates(s) > gold.items:
+        return Reason.MULTIPLE_ANSWERS
+    if canon.separators - gold.hedges:
+        return Reason.HEDGED  # "7 \\text{ (or 8)}": an alternative inside brackets or text
+    if canon.partial or set(canon.prose) - set(gold.prose) - {"and", "or", "to"}:
+        return Reason.PARTIAL_PARSE
+    return None
+
+
+def _exact(gold: Gold, checks: list[str]) -> tuple[Reason | None, list[str]]:
+    """The plain-number checks decided in-process; the rest go on to math-verify."""
+    pending = []
+    for c in checks:
+        v = plain_value(c)
+        if v is None:
+            pending.append(c)
+            continue
+        value, percent = v
+        if percent and not (gold.decimal or gold.percent):
+            value /= 100  # "%" is cosmetic for an integer or decimal gold only: 0.5\% is not \frac{1}{2}
+        ok = value == gold.number or (gold.percent and not percent and value * 100 == gold.number)
+        if not ok:
+            return Reason.WRONG, []
+    return (Reason.RIGHT if not pending else None), pending
+
+
 def judge_locally(gold: Gold, answer: str, max_answer_chars: int = 1000) -> LocalVerdict:
-    """The verdict when it needs no CAS, else the cleaned strings math-verify must all accept.
+    """The verdict when it needs no CAS, else the canonical strings math-verify must all accept.
 
     Example:
         >>> from rewards.golds import parse_gold
@@ -122,26 +178,29 @@ def judge_locally(gold: Gold, answer: str, max_answer_chars: int = 1000) -> Loca
         return LocalVerdict(Reason.TOO_LONG, path="extract")
     if "".join(s.split()) == "".join(gold.text.split()):
         return LocalVerdict(Reason.RIGHT)  # the very same text as the gold
-    if count_candidates(s) > gold.items:
-        return LocalVerdict(Reason.MULTIPLE_ANSWERS, path="extract")
+    canon = canonical(s)
+    s = canon.text
+    if gold.text_answer is not None and not canon.hedges - gold.hedges:
+        return LocalVerdict(_text_verdict(gold, canon))
+    shape = _shape(gold, s, canon)
+    if shape is not None:
+        return LocalVerdict(shape, path="extract")
+    if gold.items > 1:
+        s = _AND.sub(",", s)  # "3 and 4" for the gold "3, 4"
+        same = containers_compare(gold.text, s)
+        if same is not None:
+            return LocalVerdict(Reason.RIGHT if same else Reason.WRONG)
     checks = [s] if gold.relation else split_relation(s)
     if not checks:
         return LocalVerdict(Reason.UNPARSABLE, path="extract")
     if gold.number is not None:
-        pending = []
-        for c in checks:
-            v = plain_value(c)
-            if v is None:
-                pending.append(c)
-                continue
-            value, percent = v
-            # a "%" on an answer to a plain-number gold is cosmetic (25\% = 25); 0.25 for a "25%" gold is fine
-            ok = value == gold.number or (gold.percent and not percent and value * 100 == gold.number)
-            if not ok:
-                return LocalVerdict(Reason.WRONG)
-        if not pending:
-            return LocalVerdict(Reason.RIGHT)
-        checks = pending
+        reason, checks = _exact(gold, checks)
+        if reason is not None:
+            return LocalVerdict(reason)
+    elif gold.items == 1 and len(checks) == 1:
+        same = containers_compare(gold.text, checks[0])  # a tuple, interval or matrix is one item
+        if same is not None:
+            return LocalVerdict(Reason.RIGHT if same else Reason.WRONG)
     if not gold.pathological and any(is_pathological(c) for c in checks):
         return LocalVerdict(Reason.REFUSED_PATHOLOGICAL, path="guard")
     return LocalVerdict(None, tuple(checks), path="cas")
@@ -156,7 +215,25 @@ def _same_answer(stated: str, answer: str) -> bool:
     if flat(stated_sides[-1]) in (flat(b), flat(sides[-1])):
         return True
     va, vb = plain_value(stated_sides[-1]), plain_value(sides[-1])
-    return va is not None and vb is not None and va[0] == vb[0]
+    if va is not None and vb is not None and va[0] == vb[0]:
+        return True
+    letter = lambda x: re.sub(r"\\text\{(.*)\}", r"\1", flat(x)).strip("()").upper()
+    return len(letter(a)) == 1 and letter(a) == letter(b)  # "(B)" after the answer "B" or "\text{(B)}"
+
+
+# Words that take the answer back without stating another one: "<answer>8</answer> No wait, that's wrong."
+_RETRACTION = re.compile(r"\b(?:wait|wrong|incorrect|mistaken?|scratch that|not (?:right|correct)|recalculat\w*|"
+                         r"re-?check\w*|redo|oops)\b", re.IGNORECASE)
+
+
+def retracted(tail: str) -> bool:
+    """True when the text after the answer takes it back (``No wait, that's wrong``), with or without a number.
+
+    Example:
+        >>> retracted(" No wait, that is wrong."), retracted(" I hope this helps.")
+        (True, False)
+    """
+    return bool(_RETRACTION.search(tail))
 
 
 def other_answer_after(tail: str, answer: str) -> bool:
@@ -220,12 +297,17 @@ def judge(completions: list[str], answer: list[str], answer_format: str = "r1", 
         if not isinstance(gold, Gold):
             out[i] = _verdict(Reason.BAD_GOLD, found.answer, "extract", time.perf_counter() - t0)
             continue
+        if found.answer is None and found.boxes and same_value(list(found.boxes)):
+            found = Extraction(found.boxes[-1], None, found.tail)  # \boxed{\frac{1}{2}} = \boxed{0.5}: one answer
         if found.answer is None:
             out[i] = _verdict(Reason(found.reason), None, "extract", time.perf_counter() - t0)
             continue
-        if after_answer == "strict" and other_answer_after(found.tail, found.answer):
-            out[i] = _verdict(Reason.OTHER_ANSWER_AFTER, found.answer, "extract", time.perf_counter() - t0)
-            continue
+        if after_answer == "strict" and found.tail.strip():
+            reason = (Reason.OTHER_ANSWER_AFTER if other_answer_after(found.tail, found.answer)
+                      else Reason.RETRACTED if retracted(found.tail) else None)
+            if reason is not None:
+                out[i] = _verdict(reason, found.answer, "extract", time.perf_counter() - t0)
+                continue
         local = judge_locally(gold, found.answer, max_answer_chars)
         if local.reason is not None:
             out[i] = _verdict(local.reason, found.answer, local.path, time.perf_counter() - t0)
