@@ -106,32 +106,47 @@ def _exact_differs(gold: list, parsed: list) -> bool:
         return False  # cannot evaluate (e.g. complex infinities): keep math-verify's verdict
 
 
-def _leaves(x) -> list | None:
-    """The elements of a tuple, interval, set or matrix in a fixed order (a set sorted by value); None otherwise."""
+def _leaves(x) -> tuple[list, bool] | None:
+    """The elements of a tuple, interval, set or matrix, and whether their order is free; None otherwise."""
     import sympy
 
-    if isinstance(x, (sympy.Tuple, tuple, list)):
-        return list(x)
+    if isinstance(x, (sympy.Tuple, tuple, list, sympy.MatrixBase)):
+        return list(x), False
     if isinstance(x, sympy.Interval):
-        return [x.start, x.end, sympy.Integer(int(x.left_open)), sympy.Integer(int(x.right_open))]
-    if isinstance(x, sympy.MatrixBase):
-        return list(x)
+        return [x.start, x.end, sympy.Integer(1 if x.left_open else 0), sympy.Integer(1 if x.right_open else 0)], False
     if isinstance(x, sympy.FiniteSet):
-        try:
-            return sorted(x.args, key=lambda e: complex(e.evalf(30)).real)
-        except (TypeError, ValueError):
-            return None
+        return list(x.args), True
     return None
+
+
+def _same_exact(a, b) -> bool:
+    """``a`` and ``b`` (numbers or containers of them) are equal exactly; True when they cannot be compared so
+    (symbols), which leaves math-verify's verdict standing."""
+    la, lb = _leaves(a), _leaves(b)
+    if la is None or lb is None:
+        return la is None and lb is None and not _exact_differs([a], [b])
+    (xs, free), (ys, _) = la, lb
+    if len(xs) != len(ys):
+        return True  # a shape math-verify judged; not a rounding question
+    if not free:
+        return all(_same_exact(x, y) for x, y in zip(xs, ys))
+    rest = list(ys)
+    for x in xs:  # a set: every element must meet an exactly equal partner
+        match = next((i for i, y in enumerate(rest) if _same_exact(x, y)), None)
+        if match is None:
+            return False
+        rest.pop(match)
+    return True
 
 
 def _container_differs(gold: list, parsed: list) -> bool:
     """Two containers math-verify called equal differ exactly in some numeric element (its comparison rounds
-    inside tuples, intervals and matrices: ``(0.0000003, 1)`` vs ``(0.0000004, 1)``)."""
+    inside tuples, intervals, sets and matrices: ``(0.0000003, 1)`` vs ``(0.0000004, 1)``)."""
     first = lambda xs: next((x for x in xs if not isinstance(x, str)), None)
-    g, p = _leaves(first(gold)), _leaves(first(parsed))
-    if g is None or p is None or len(g) != len(p):
+    g, p = first(gold), first(parsed)
+    if _leaves(g) is None or _leaves(p) is None:
         return False
-    return any(_exact_differs([a], [b]) or _container_differs([a], [b]) for a, b in zip(g, p))
+    return not _same_exact(g, p)
 
 
 def _radicals_equal(gold: list, parsed: list) -> bool:

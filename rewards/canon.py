@@ -39,7 +39,7 @@ _UNIT = r"(?:(?:square|sq\.?|cubic)\s+)?(?:" + "|".join(UNITS) + r")"
 _UNIT_PER = rf"{_UNIT}(?:\s*(?:per|/|an?|each)\s*{_UNIT})?"
 # a unit at the end: plain (after a digit, space or brace), or in \text{} / \mbox{} / \mathrm{}, with ^2 or ^3
 _UNIT_TAIL = re.compile(
-    rf"(?:\s*\\(?:text|mbox|mathrm|textrm|rm|operatorname)\s*\{{\s*{_UNIT_PER}\s*\}}|(?<=[\d\s}}]){_UNIT_PER}"
+    rf"(?:\s*\\(?:text|mbox|mathrm|textrm|textbf|textit|rm|operatorname)\s*\{{\s*{_UNIT_PER}\s*\}}|(?<=[\d\s}}]){_UNIT_PER}"
     rf"|\^\s*\{{?\s*\\circ\s*\}}?|°)\s*(?:\^\s*\{{?\s*[23]\s*\}}?)?\s*\.?\s*$", re.IGNORECASE)
 _CURRENCY_HEAD = re.compile(r"^\s*(?:\\\$|\$|€|£|¥|usd|eur)\s*", re.IGNORECASE)
 _PER_TAIL = re.compile(rf"\s*(?:per|an?|each|/)\s*{_UNIT}\s*$", re.IGNORECASE)
@@ -53,14 +53,18 @@ HEDGE_WORDS = frozenset(
      "neither", "nor", "unless", "except", "instead", "over", "under", "above", "below", "exceeds", "more", "less",
      "fewer", "few", "several", "some", "somewhere", "ish", "close", "closer", "estimate", "estimated", "wait",
      "actually", "hmm", "unsure", "whether", "if", "else", "otherwise", "plus", "minus", "give", "take", "max",
-     "tops", "upto", "up", "range", "ranges", "something", "oder", "etwa", "ungefähr", "ou", "environ",
+     "tops", "upto", "up", "range", "ranges", "something", "wrong", "incorrect", "false", "no", "mistake", "isn",
+     "aren", "wasn", "doesn", "don", "never", "oder", "etwa", "ungefähr", "ou", "environ",
      "aproximadamente", "cerca", "unos", "около", "или", "примерно"])
-# Symbols that qualify a value instead of stating it; they count only when the gold has none of them.
-HEDGE_SYMBOLS = ("\\approx", "\\sim", "\\simeq", "\\lesssim", "\\gtrsim", "\\le", "\\ge", "\\leq", "\\geq", "\\lt",
-                 "\\gt", "\\neq", "\\ne", "\\mp", "<", ">", "≈", "≤", "≥", "≠", "∓", "约", "大约", "左右",
-                 "或")
+# Symbols that qualify a value instead of stating it, by class: an answer may use a class the gold uses (an
+# inequality gold allows every inequality sign; ``x \\geq 5`` for ``x >= 5``).
+HEDGE_SYMBOLS = {"approx": ("\\approx", "\\sim", "\\simeq", "\\lesssim", "\\gtrsim", "≈", "约", "大约", "左右"),
+                 "inequality": ("\\le", "\\ge", "\\leq", "\\geq", "\\lt", "\\gt", "\\neq", "\\ne", "<", ">", "≤",
+                                "≥", "≠", "!="),
+                 "either": ("\\mp", "∓", "或")}
+_SYMBOL_CLASS = {sym: cls for cls, syms in HEDGE_SYMBOLS.items() for sym in syms}
 _HEDGE_SYMBOL = re.compile("|".join(re.escape(s) + (r"(?![A-Za-z])" if s[0] == "\\" else "")
-                                    for s in sorted(HEDGE_SYMBOLS, key=len, reverse=True)))
+                                    for s in sorted(_SYMBOL_CLASS, key=len, reverse=True)))
 _SEPARATOR = re.compile(r"(?<![A-Za-z])(?:or|to|nor)(?![A-Za-z])", re.IGNORECASE)
 # "~8" in prose means "about 8"; LaTeX's ~ elsewhere is a space
 _TILDE_HEAD = re.compile(r"^\s*~\s*[\d.]")
@@ -78,6 +82,9 @@ _MIXED_FRAC = re.compile(r"(?<![\d.^_{/}\\])(\d+)\s*\\frac\s*\{\s*(\d+)\s*\}\s*\
 _REPEATING = re.compile(r"(\d*)\.(\d*)\s*(?:\\overline\s*\{\s*(\d+)\s*\}|\\dot\s*\{\s*(\d)\s*\}|\((\d+)\))")
 _TEXT_ONLY = re.compile(r"^\(?[A-Za-z][A-Za-z' .-]*\)?$")
 _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mbox|textit|mathbf|emph)\s*\{([^{}]*)\}")
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_LIST_AND = re.compile(r"\s*,?\s*(?:\\text\s*\{\s*and\s*\}|\band\b)\s*,?\s*")
+_ENV_NAME = re.compile(r"\\(?:begin|end)\s*\{\w+\*?\}(?:\s*\{[lcr|]*\})?")  # \begin{array}{cc}
 _ENV = re.compile(r"\\begin\{(\w+\*?)\}.*?\\end\{\1\}", re.DOTALL)
 _PLAIN_NUMBER_ONLY = re.compile(r"^[-+]?\$?\d[\d,]*(?:\.\d+)?$")
 
@@ -156,12 +163,12 @@ def hedges_in(raw: str) -> frozenset[str]:
     read inside ``\\text{}`` too (``7 \\text{ (or 8)}``).
 
     Example:
-        >>> sorted(hedges_in("about 7 \\\\text{ (not 8)}"))
-        ['about', 'not']
+        >>> sorted(hedges_in("about 7 \\\\text{ (not 8)} \\\\geq 6"))
+        ['about', 'inequality', 'not']
     """
-    found = {m.group(0) for m in _HEDGE_SYMBOL.finditer(raw)}
+    found = {_SYMBOL_CLASS[m.group(0)] for m in _HEDGE_SYMBOL.finditer(raw)}
     if _TILDE_HEAD.match(raw):
-        found.add("~")
+        found.add("approx")
     text = _COMMAND.sub(" ", raw.replace("\\text", " ").replace("\\mbox", " "))
     found |= {w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w in HEDGE_WORDS}
     return frozenset(found)
@@ -169,7 +176,7 @@ def hedges_in(raw: str) -> frozenset[str]:
 
 def _prose(s: str) -> tuple[str, ...]:
     """Words left in ``s`` that no math parser reads as math; one plain noun after a single number is allowed."""
-    bare = _COMMAND.sub(" ", _TEXT_WRAPPERS.sub(r" \1 ", s))
+    bare = _COMMAND.sub(" ", _TEXT_WRAPPERS.sub(r" \1 ", _ENV_NAME.sub(" ", s)))
     words = [m.group(0) for m in _WORD.finditer(bare) if m.group(0).lower() not in MATH_WORDS]
     if len(words) == 1 and re.fullmatch(rf"[-+]?[\d.,]+\s*(?:\\text\s*\{{\s*)?{re.escape(words[0])}\s*\}}?", s.strip()):
         return ()  # "18 apples": one noun naming what was counted
@@ -206,6 +213,14 @@ def canonical(answer: str) -> Canon:
     if _PLAIN_NUMBER_ONLY.match(answer):  # GSM8K's common case: nothing to rewrite
         return Canon(answer, frozenset(), (), False, None)
     hedges = hedges_in(answer)
+    outside = ""
+    spans = list(_MATH_SPAN.finditer(answer))
+    if len(spans) == 1:  # "Therefore $x \\geq 5$ is the solution.": the one math span is the answer
+        outside = answer[: spans[0].start()] + " " + answer[spans[0].end() :]
+        if outside.strip() and not any(ch.isdigit() for ch in outside) and "\\" not in outside:
+            answer = next(g for g in spans[0].groups() if g is not None)
+        else:
+            outside = ""
     s = clean(answer)
     for ch, latex in _UNICODE_MATH.items():
         if ch in s:
@@ -217,9 +232,11 @@ def canonical(answer: str) -> Canon:
     s = _MIXED_PLAIN.sub(_mixed, s)
     s = _MIXED_FRAC.sub(_mixed, s)
     s = expand_pm(s)
+    if "," in s:
+        s = _LIST_AND.sub(", ", s)  # "19, 46, and 82" is the list "19, 46, 82"
     text = text_answer(s)
     prose = () if text is not None else _prose(s)
-    separators = frozenset(m.group(0).lower() for m in _SEPARATOR.finditer(_COMMAND.sub(" ", s)))
+    separators = frozenset(m.group(0).lower() for m in _SEPARATOR.finditer(_COMMAND.sub(" ", s + " " + outside)))
     return Canon(s, hedges, prose, _partial(s), text, separators)
 
 
