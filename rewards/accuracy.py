@@ -121,6 +121,7 @@ class LocalVerdict:
     path: str = "exact"
 
 
+_BARE_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
 _AND = re.compile(r"\\text\{\s*and\s*\}|\band\b")
 
 
@@ -178,6 +179,8 @@ def judge_locally(gold: Gold, answer: str, max_answer_chars: int = 1000) -> Loca
         return LocalVerdict(Reason.TOO_LONG, path="extract")
     if "".join(s.split()) == "".join(gold.text.split()):
         return LocalVerdict(Reason.RIGHT)  # the very same text as the gold
+    if gold.number is not None and _BARE_NUMBER.match(s):  # GSM8K's common case: nothing to read, one exact check
+        return LocalVerdict(_exact(gold, [s])[0] or Reason.WRONG)
     canon = canonical(s)
     s = canon.text
     if gold.text_answer is not None and not canon.hedges - gold.hedges:
