@@ -135,9 +135,7 @@ def _text_verdict(gold: Gold, canon: Canon) -> Reason:
 
 
 def _shape(gold: Gold, s: str, canon: Canon) -> Reason | None:
-    """Hedges, too many candidates, prose or a partial read: the answer's shape alone decides a 0."""
-    if canon.hedges - gold.hedges:
-        return Reason.HEDGED
+    """Too many candidates, an alternative inside brackets, prose or a partial read: the shape decides a 0."""
     if count_candidates(s) > gold.items:
         return Reason.MULTIPLE_ANSWERS
     if canon.separators - gold.hedges:
@@ -177,13 +175,15 @@ def judge_locally(gold: Gold, answer: str, max_answer_chars: int = 1000) -> Loca
         return LocalVerdict(Reason.NO_ANSWER, path="extract")
     if len(s) > max_answer_chars:
         return LocalVerdict(Reason.TOO_LONG, path="extract")
+    if gold.number is not None and _BARE_NUMBER.match(answer.strip()):  # GSM8K's common case: one exact check
+        return LocalVerdict(_exact(gold, [s])[0] or Reason.WRONG)
+    canon = canonical(answer)  # the raw answer: "~8" is a hedge before clean() reads "~" as a space
+    if canon.hedges - gold.hedges:
+        return LocalVerdict(Reason.HEDGED, path="extract")
     if "".join(s.split()) == "".join(gold.text.split()):
         return LocalVerdict(Reason.RIGHT)  # the very same text as the gold
-    if gold.number is not None and _BARE_NUMBER.match(s):  # GSM8K's common case: nothing to read, one exact check
-        return LocalVerdict(_exact(gold, [s])[0] or Reason.WRONG)
-    canon = canonical(s)
     s = canon.text
-    if gold.text_answer is not None and not canon.hedges - gold.hedges:
+    if gold.text_answer is not None:
         return LocalVerdict(_text_verdict(gold, canon))
     shape = _shape(gold, s, canon)
     if shape is not None:
@@ -225,8 +225,8 @@ def _same_answer(stated: str, answer: str) -> bool:
 
 
 # Words that take the answer back without stating another one: "<answer>8</answer> No wait, that's wrong."
-_RETRACTION = re.compile(r"\b(?:wait|wrong|incorrect|mistaken?|scratch that|not (?:right|correct)|recalculat\w*|"
-                         r"re-?check\w*|redo|oops)\b", re.IGNORECASE)
+_RETRACTION = re.compile(r"\b(?:wait|wrong|incorrect|mistaken?|actually|instead|scratch that|not (?:right|correct)|"
+                         r"recalculat\w*|re-?check\w*|redo|oops)\b", re.IGNORECASE)
 
 
 def retracted(tail: str) -> bool:
@@ -246,7 +246,10 @@ def other_answer_after(tail: str, answer: str) -> bool:
         >>> other_answer_after(" Actually, the final answer is 13.", "12"), other_answer_after(" So 12.", "12")
         (True, False)
     """
-    return any(not _same_answer(s, answer) for s in stated_answers(tail)) if tail.strip() else False
+    if not tail.strip():
+        return False
+    tail = tail.replace(answer.strip(), " ")  # "So the answer is \\frac{11}{6}." restates it: not 11 and 6
+    return any(not _same_answer(s, answer) for s in stated_answers(tail))
 
 
 _VERDICTS: OrderedDict[tuple, Reason] = OrderedDict()  # (gold text, checks) -> reason; LRU, shared by threads
