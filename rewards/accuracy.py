@@ -248,7 +248,9 @@ def other_answer_after(tail: str, answer: str) -> bool:
     """
     if not tail.strip():
         return False
-    tail = tail.replace(answer.strip(), " ")  # "So the answer is \\frac{11}{6}." restates it: not 11 and 6
+    # "So the answer is \\frac{11}{6}." restates it (not 11 and 6); only whole tokens: "33" does not restate "3"
+    same = re.compile(r"(?<![\w.,\\])" + re.escape(answer.strip()) + r"(?![\w{^_]|[.,]\d)")
+    tail = same.sub(" ", tail)
     return any(not _same_answer(s, answer) for s in stated_answers(tail))
 
 

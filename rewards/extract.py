@@ -44,7 +44,7 @@ _SUPER = dict(zip("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁽⁾ⁿⁱ", "0123456789+-
 _SUB = dict(zip("₀₁₂₃₄₅₆₇₈₉₊₋₍₎", "0123456789+-()"))
 _SUPER_RUN = re.compile("[" + "".join(_SUPER) + "]+")
 _SUB_RUN = re.compile("[" + "".join(_SUB) + "]+")
-_VULGAR = re.compile(r"(\d?)\s*([\u00bc-\u00be\u2150-\u215e\u2189])")
+_VULGAR = re.compile(r"(?:(\d)\s*)?([\u00bc-\u00be\u2150-\u215e\u2189])")
 # a tag in any case and in look-alike brackets (NFKC already folded fullwidth and small forms to < and >)
 _TAG_LIKE = re.compile(r"[<\u2039\u2329\u27e8\u3008\u00ab\u227a]\s*(/?)\s*(answer|think)\s*"
                        r"[>\u203a\u232a\u27e9\u3009\u00bb\u227b]", re.IGNORECASE)
@@ -59,7 +59,7 @@ _KEEP_CONTROL = frozenset("\n\t\r")
 
 def _unicode_char(ch: str) -> str:
     """One non-ASCII character as a reader sees it: invisible ones go, any decimal digit becomes ASCII."""
-    cat = unicodedata.category(ch)
+    cat = unicodedata.category(ch)  # Cc: ASCII and C1 controls, Cf: format characters (zero-width, bidi)
     if cat in ("Cf", "Cc", "Co", "Cs", "Cn") and ch not in _KEEP_CONTROL:
         return ""  # zero-width joiners and spaces, bidi marks, soft hyphens: a number must not hide a digit
     if cat == "Nd":
@@ -72,7 +72,7 @@ class _ReaderTable(dict):
 
     def __missing__(self, code: int) -> str:
         ch = chr(code)
-        self[code] = out = ch if code < 128 else _unicode_char(ch)
+        self[code] = out = _unicode_char(ch)
         return out
 
 
