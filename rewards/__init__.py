@@ -12,8 +12,9 @@ module (``"package.module:name"``) or an entry point in group ``grpo_zero.reward
 A reward may add counters to the step's metrics with ``report(key, value)``; ``rewards.combine.score`` logs them
 as ``rewards/<name>/<key>``. This package imports nothing from ``grpo``.
 
-Layout: ``registry`` (names, counters), ``extract`` (the final answer: tags, boxes, cleaning), ``numbers`` (exact
-values, stall guard), ``golds`` (gold parsing), ``spec`` (the ``{weight, kwargs, on_error, deadline_s}`` spec),
+Layout: ``registry`` (names, counters), ``extract`` (the final answer: text normalisation, tags, boxes, cleaning),
+``canon`` (the canonical reading of an answer: hedges, units, exact notations), ``numbers`` (exact values, stall
+guard), ``golds`` (gold parsing), ``spec`` (the ``{weight, kwargs, on_error, deadline_s}`` spec),
 ``sandbox`` (killable worker processes), ``combine`` (weighted sum), ``explain`` (CLI), the built-ins.
 
 Built-ins: ``accuracy`` (math answers, bounded in time), ``format`` and ``tag_count`` (R1 output format),

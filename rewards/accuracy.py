@@ -1,27 +1,36 @@
 """``accuracy``: is the single final answer right? Hack-resistant, exact for numbers, bounded in time, explained.
 
 Extraction (``answer_format``, see :mod:`rewards.extract`): ``r1`` (default; the single ``<answer>`` block, its
-box if any), ``boxed`` or ``auto``. Several answer blocks, tags nested inside the block, an unclosed block, or a
-block inside an open ``<think>`` score 0. Several different boxed values (``\\boxed{1}\\boxed{2}``) or several
-candidate answers (``3 or 4``, ``3, 4`` when the gold is one value) score 0. An equation counts only for its
-last side and only if every numeric side agrees (``x = 42`` is 42; ``41 = 42`` scores 0).
+box if any), ``boxed`` or ``auto``, read after :func:`rewards.extract.normalize_text` (tags in any case or
+look-alike spelling are tags). Several answer blocks, tags nested inside the block, an unclosed block, or a
+block inside an open ``<think>`` score 0. Several different boxed values (``\\boxed{1}\\boxed{2}``; equal values
+such as ``\\boxed{\\frac{1}{2}} = \\boxed{0.5}`` are one) or several candidate answers (``3 or 4``, two lines,
+``3, 4`` when the gold is one value) score 0. An equation counts only for its last side and only if every
+numeric side agrees (``x = 42`` is 42; ``41 = 42`` scores 0).
 
-Text after the answer (``after_answer``): with ``strict`` (default), a box, a math span or a number after the
-final ``</answer>`` (r1) or after the last box (boxed) that differs from the extracted answer scores 0
-(``<answer>12</answer> \\boxed{13}``, ``... Actually, the answer is 13.``); ``ignore`` leaves trailing text to
-the format reward.
+The canonical reading (:mod:`rewards.canon`, the same for the answer and the gold) comes before any comparison:
+a hedge (``about 8``, ``\\approx 8``, ``8 (not 7)``) scores 0 as ``hedged``; units, currency and a lead-in go;
+mixed numbers, repeating decimals and ``\\pm`` are read exactly; text answers compare case-insensitively;
+prose left over, or a construct math-verify reads only in part, scores 0 as ``partial_parse``.
+
+Text after the answer (``after_answer``): with ``strict`` (default), a box, a math span, a number, a number word
+or an option letter after the final ``</answer>`` (r1) or after the last box (boxed) that differs from the
+extracted answer scores 0 (``<answer>12</answer> \\boxed{13}``, ``... No wait, it is thirteen.``, ``... (B)``),
+and so do words that take the answer back (``Wait, that is wrong.``: ``retracted``); ``ignore`` leaves trailing
+text to the format reward.
 
 Comparison: plain numbers and arithmetic of plain numbers take an exact in-process path (thousands
-separators, ``$``, ``%`` (cosmetic when the gold is a plain number: ``25\\%`` is 25, ``0.25`` is not),
-unicode minus, trailing ``.0``, ``1e5``, fractions vs decimals, ``\\frac{a}{b}``); everything else goes to
-math-verify (``verify(gold, pred)``, gold first) in the worker pool of ``rewards/sandbox.py`` with a hard
-per-call deadline. There, a prediction that parses only in part is a 0, and when both sides are numbers
-(powers, factorials, radicals, constants) a math-verify "equal" must also hold exactly (rational arithmetic,
-or a difference below 1e-40 relative at 60 digits), so ``\\frac{1}{2^{98}}`` is not ``\\frac{1}{2^{99}}``;
-radical forms that math-verify misses (``\\sqrt{\\frac{1}{n}}`` vs ``\\frac{1}{\\sqrt{n}}``) are compared
-with positive symbols. Completions longer than ``max_completion_chars`` and answers longer than
-``max_answer_chars`` score 0, and answers built to stall a CAS (towers, huge exponents or factorials, deep
-nesting) score 0 without being parsed.
+separators, ``$``, ``%`` (cosmetic when the gold is an integer or decimal: ``25\\%`` is 25, ``0.25`` is not; a
+hundredth otherwise), unicode minus, trailing ``.0``, ``1e5``, fractions vs decimals, ``\\frac{a}{b}``); so do
+containers of plain numbers (tuples, intervals, sets, matrices). Everything else goes to math-verify
+(``verify(gold, pred)``, gold first) in the worker pool of ``rewards/sandbox.py`` with a hard per-call deadline.
+There, a prediction that parses only in part is a 0 (``partial_parse``), and when both sides are numbers, or
+containers of them (powers, factorials, radicals, constants), a math-verify "equal" must also hold exactly
+(rational arithmetic, or a difference below 1e-40 relative at 60 digits), so ``\\frac{1}{2^{98}}`` is not
+``\\frac{1}{2^{99}}``; radical forms that math-verify misses (``\\sqrt{\\frac{1}{n}}`` vs
+``\\frac{1}{\\sqrt{n}}``) are compared with positive symbols. Completions longer than ``max_completion_chars``
+and answers longer than ``max_answer_chars`` score 0, and answers built to stall a CAS (towers, huge exponents or
+factorials, deep nesting) score 0 without being parsed.
 
 Every verdict carries a reason (:class:`Reason`); :func:`judge` returns them as :class:`Verdict` objects and the
 reward logs ``rewards/accuracy/reason/<code>`` counts per step and writes each sample's verdict to

@@ -39,7 +39,8 @@ _UNIT = r"(?:(?:square|sq\.?|cubic)\s+)?(?:" + "|".join(UNITS) + r")"
 _UNIT_PER = rf"{_UNIT}(?:\s*(?:per|/|an?|each)\s*{_UNIT})?"
 # a unit at the end: plain (after a digit, space or brace), or in \text{} / \mbox{} / \mathrm{}, with ^2 or ^3
 _UNIT_TAIL = re.compile(
-    rf"(?:\s*\\(?:text|mbox|mathrm|textrm|textbf|textit|rm|operatorname)\s*\{{\s*{_UNIT_PER}\s*\}}|(?<=[\d\s}}]){_UNIT_PER}"
+    rf"(?:\s*\\(?:text|mbox|mathrm|textrm|textbf|textit|rm|operatorname)\s*\{{\s*{_UNIT_PER}\s*\}}"
+    rf"|(?<=[\d\s}}]){_UNIT_PER}"
     rf"|\^\s*\{{?\s*\\circ\s*\}}?|°)\s*(?:\^\s*\{{?\s*[23]\s*\}}?)?\s*\.?\s*$", re.IGNORECASE)
 _CURRENCY_HEAD = re.compile(r"^\s*(?:\\\$|\$|€|£|¥|usd|eur)\s*", re.IGNORECASE)
 _PER_TAIL = re.compile(rf"\s*(?:per|an?|each|/)\s*{_UNIT}\s*$", re.IGNORECASE)

@@ -228,7 +228,7 @@ def find_answer(text: str, answer_format: str = "r1", max_chars: int = 65536) ->
 
     Example:
         >>> find_answer("<think>6+2=8</think><answer>8</answer> So \\\\boxed{9}")
-        Extraction(answer='8', reason=None, tail=' So \\\\boxed{9}')
+        Extraction(answer='8', reason=None, tail=' So \\\\boxed{9}', boxes=())
     """
     if not isinstance(text, str):
         return Extraction(None, "no_answer")

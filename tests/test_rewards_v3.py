@@ -56,7 +56,8 @@ CONTAINERS = {
     "rounding in a tuple": ("(0.0000003, 1)", "(0.0000004, 1)"),
     "rounding in an interval": ("[0.0000003, 2)", "[0.0000004, 2)"),
     "rounding in a set": ("\\{1, 0.0000003\\}", "\\{0.0000004, 1\\}"),
-    "rounding in a matrix": ("\\begin{pmatrix} 1.0000001 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+    "rounding in a matrix": ("\\begin{pmatrix} 1.0000001 \\\\ 2 \\end{pmatrix}",
+                             "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
     "rounding next to a symbol": ("(\\frac{\\pi}{2}, 0.0000003)", "(\\frac{\\pi}{2}, 0.0000004)"),
     "swapped tuple": ("(2, 1)", "(1, 2)"),
 }
