@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from rewards.extract import clean
+from rewards.extract import NUMBER_WORD, clean, number_words
 from rewards.numbers import plain_value
 
 # Units and currency words that are cosmetic after a number (singular and plural forms, case-insensitive).
@@ -55,14 +55,16 @@ HEDGE_WORDS = frozenset(
      "fewer", "few", "several", "some", "somewhere", "ish", "close", "closer", "estimate", "estimated", "wait",
      "actually", "hmm", "unsure", "whether", "if", "else", "otherwise", "plus", "minus", "give", "take", "max",
      "tops", "upto", "up", "range", "ranges", "something", "wrong", "incorrect", "false", "no", "mistake", "isn",
-     "aren", "wasn", "doesn", "don", "never", "oder", "etwa", "ungefähr", "ou", "environ",
+     "aren", "wasn", "doesn", "don", "never", "approximate", "rounded", "round", "nearest", "minimum", "maximum",
+     "lower", "upper", "bound", "bounds", "possible", "might", "could", "should", "would", "seems", "think", "believe",
+     "assume", "assuming", "unclear", "alternatively", "roughly", "oder", "etwa", "ungefähr", "ou", "environ",
      "aproximadamente", "cerca", "unos", "около", "или", "примерно"])
 # Symbols that qualify a value instead of stating it, by class: an answer may use a class the gold uses (an
 # inequality gold allows every inequality sign; ``x \\geq 5`` for ``x >= 5``).
 HEDGE_SYMBOLS = {"approx": ("\\approx", "\\sim", "\\simeq", "\\lesssim", "\\gtrsim", "≈", "约", "大约", "左右"),
                  "inequality": ("\\le", "\\ge", "\\leq", "\\geq", "\\lt", "\\gt", "\\neq", "\\ne", "<", ">", "≤",
                                 "≥", "≠", "!="),
-                 "either": ("\\mp", "∓", "或")}
+                 "either": ("\\mp", "∓", "或"), "uncertain": ("?", "¿")}
 _SYMBOL_CLASS = {sym: cls for cls, syms in HEDGE_SYMBOLS.items() for sym in syms}
 _HEDGE_SYMBOL = re.compile("|".join(re.escape(s) + (r"(?![A-Za-z])" if s[0] == "\\" else "")
                                     for s in sorted(_SYMBOL_CLASS, key=len, reverse=True)))
@@ -85,6 +87,7 @@ _TEXT_ONLY = re.compile(r"^\(?[A-Za-z][A-Za-z' .-]*\)?$")
 _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mbox|textit|mathbf|emph)\s*\{([^{}]*)\}")
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _LIST_AND = re.compile(r"\s*,?\s*(?:\\text\s*\{\s*and\s*\}|\band\b)\s*,?\s*")
+_ALL_NUMBER_WORDS = re.compile(rf"^\s*(?:{NUMBER_WORD.pattern})(?:\s+(?:{NUMBER_WORD.pattern}))*\s*$", re.IGNORECASE)
 _ENV_NAME = re.compile(r"\\(?:begin|end)\s*\{\w+\*?\}(?:\s*\{[lcr|]*\})?")  # \begin{array}{cc}
 _ENV = re.compile(r"\\begin\{(\w+\*?)\}.*?\\end\{\1\}", re.DOTALL)
 _PLAIN_NUMBER_ONLY = re.compile(r"^[-+]?\$?\d[\d,]*(?:\.\d+)?$")
@@ -226,7 +229,9 @@ def canonical(answer: str) -> Canon:
     for ch, latex in _UNICODE_MATH.items():
         if ch in s:
             s = s.replace(ch, latex)
-    s = _LEAD_IN.sub("", s)
+    s = _LEAD_IN.sub("", s.replace("**", ""))  # "**Answer:** 8"
+    if _ALL_NUMBER_WORDS.match(s):
+        s = " ".join(str(v) for v in number_words(s))  # "eight" is 8; "seven eight" stays two candidates
     s = _strip_units(s)
     s = clean(s)
     s = _REPEATING.sub(_repeating, s)

@@ -46,11 +46,21 @@ _SUPER_RUN = re.compile("[" + "".join(_SUPER) + "]+")
 _SUB_RUN = re.compile("[" + "".join(_SUB) + "]+")
 _VULGAR = re.compile(r"(?:(\d)\s*)?([\u00bc-\u00be\u2150-\u215e\u2189])")
 # a tag in any case and in look-alike brackets (NFKC already folded fullwidth and small forms to < and >)
-_TAG_LIKE = re.compile(r"[<\u2039\u2329\u27e8\u3008\u00ab\u227a]\s*(/?)\s*(answer|think)\s*"
-                       r"[>\u203a\u232a\u27e9\u3009\u00bb\u227b]", re.IGNORECASE)
-# the same, but only when not spelled exactly "<answer>", "</think>", ...: the common case costs one fast scan
-_TAG_ODD = re.compile(r"[<\u2039\u2329\u27e8\u3008\u00ab\u227a](?!(?-i:/?(?:answer|think)>))\s*/?\s*(?:answer|think)\s*"
-                      r"[>\u203a\u232a\u27e9\u3009\u00bb\u227b]", re.IGNORECASE)
+# Letters that look like those of "answer" and "think" (Cyrillic, Greek): "<аnswer>" is a tag to a reader
+_CONFUSABLE = {"a": "аα", "e": "еε", "s": "ѕ", "w": "ԝѡ", "r": "г", "t": "т", "h": "һ", "i": "іι", "k": "кκ", "n": "ո"}
+
+
+def _spelled(word: str) -> str:
+    return "".join(f"[{c}{_CONFUSABLE.get(c, '')}{_CONFUSABLE.get(c, '').upper()}]" for c in word)
+
+
+_OPEN_LIKE, _CLOSE_LIKE = "[<\u2039\u2329\u27e8\u3008\u00ab\u227a]", "[>\u203a\u232a\u27e9\u3009\u00bb\u227b]"
+# a tag in any case, look-alike letters and look-alike brackets (NFKC already folded fullwidth and small forms)
+_TAG_LIKE = re.compile(rf"{_OPEN_LIKE}\s*(/?)\s*({_spelled('answer')}|{_spelled('think')})\s*{_CLOSE_LIKE}",
+                       re.IGNORECASE)
+# the same, but only when not spelled exactly "<answer>", "</think>", ...
+_TAG_ODD = re.compile(rf"{_OPEN_LIKE}(?!(?-i:/?(?:answer|think)>))\s*/?\s*(?:{_spelled('answer')}|{_spelled('think')})"
+                      rf"\s*{_CLOSE_LIKE}", re.IGNORECASE)
 _TAG_ODD_ASCII = re.compile(r"<(?!/?(?:answer|think)>)\s*/?\s*(?i:answer|think)\s*>")
 _ASCII_CONTROL_BYTES = bytes([*range(9), 11, 12, *range(14, 32), 127])
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -85,6 +95,10 @@ def _vulgar(m: re.Match) -> str:
     return f"{m.group(1)} {num}/{den or 1}" if m.group(1) else f"{num}/{den or 1}"
 
 
+def _tag(m: re.Match) -> str:
+    return f"<{m.group(1)}{'answer' if len(m.group(2)) == 6 else 'think'}>"
+
+
 def normalize_text(text: str) -> str:
     """A completion as a reader sees it: NFKC (fullwidth forms, mathematical digits), superscripts as ``^{..}`` and
     subscripts as ``_{..}`` (``3²`` is ``3^{2}``, not 32), vulgar fractions as ``a/b`` (``3½`` is the mixed number
@@ -105,14 +119,14 @@ def normalize_text(text: str) -> str:
             text = unicodedata.normalize("NFKC", text)
         text = text.replace("\u2044", "/").replace("\u2215", "/")
         if _TAG_ODD.search(text):
-            text = _TAG_LIKE.sub(lambda m: f"<{m.group(1)}{m.group(2).lower()}>", text)
+            text = _TAG_LIKE.sub(_tag, text)
         return text
     # ASCII, every completion: bytes.translate and a literal-prefix regex are several times faster than a scan
     # with a character class (this path must not slow down the GSM8K-style in-process path)
     if len(text.encode().translate(None, _ASCII_CONTROL_BYTES)) != len(text):
         text = _ASCII_CONTROL.sub("", text)
     if _TAG_ODD_ASCII.search(text):
-        text = _TAG_LIKE.sub(lambda m: f"<{m.group(1)}{m.group(2).lower()}>", text)
+        text = _TAG_LIKE.sub(_tag, text)
     return text
 
 
@@ -360,7 +374,7 @@ _TENS_WORDS = {w: 10 * i for i, w in enumerate(["_", "_", "twenty", "thirty", "f
                                                  "eighty", "ninety"]) if w != "_"}
 
 _SCALE_WORDS = {"hundred": 100, "thousand": 1000, "million": 10**6}
-_NUMBER_WORD = re.compile(r"\b(?:" + "|".join(sorted({*_UNITS_WORDS, *_TENS_WORDS, *_SCALE_WORDS}, key=len,
+NUMBER_WORD = re.compile(r"\b(?:" + "|".join(sorted({*_UNITS_WORDS, *_TENS_WORDS, *_SCALE_WORDS}, key=len,
                                                        reverse=True)) + r")(?:[\s-]+(?:and[\s-]+)?(?:" +
                           "|".join(sorted({*_UNITS_WORDS, *_TENS_WORDS, *_SCALE_WORDS}, key=len, reverse=True)) +
                           r"))*\b", re.IGNORECASE)
@@ -379,17 +393,25 @@ def number_words(text: str) -> list[int]:
     """
     text = _PRONOUN_ONE.sub(" ", text)
     out = []
-    for m in _NUMBER_WORD.finditer(text):
+    for m in NUMBER_WORD.finditer(text):
         total = current = 0
+        last = ""  # kind of the previous word: "small" (0-19), "tens", "scale"
         for word in re.findall(r"[a-z]+", m.group(0).lower()):
-            if word in _UNITS_WORDS or word in _TENS_WORDS:
-                current += _UNITS_WORDS[word] if word in _UNITS_WORDS else _TENS_WORDS[word]
-            elif word in _SCALE_WORDS:
+            kind = ("scale" if word in _SCALE_WORDS else "tens" if word in _TENS_WORDS
+                    else "small" if word in _UNITS_WORDS else "")
+            if not kind:
+                continue  # "and"
+            if (last == "small" and kind != "scale") or (last == "tens" and kind == "tens"):
+                out.append(total + current)  # "seven eight" is two numbers, not 15
+                total = current = 0
+            if kind == "scale":
                 scale = _SCALE_WORDS[word]
                 if scale == 100:
                     current = max(current, 1) * 100
                 else:
-                    total += max(current, 1) * scale
-                    current = 0
+                    total, current = total + max(current, 1) * scale, 0
+            else:
+                current += _TENS_WORDS[word] if kind == "tens" else _UNITS_WORDS[word]
+            last = kind
         out.append(total + current)
     return out

@@ -17,8 +17,9 @@ _FRAC = re.compile(r"^([-+]?)\\[dt]?frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\
 _SCI = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)[eE][-+]?\d{1,4}$")
 _ARITH_CHARS = re.compile(r"^[\d\s.+\-*/()]+$")
 # separators between candidate answers at the top level: "3 or 4", "3, 4", "3; 4", "3 \text{ or } 4", "7 to 8",
-# lines and LaTeX line breaks ("7 \\ 8"; a matrix's rows are inside its environment, see _ENV)
-_CANDIDATE_SEP = re.compile(r",|;|\n|\\\\|\\text\{\s*(?:or|and|to)\s*\}|\b(?:or|and|to)\b|\\(?:lor|vee)\b")
+# lines and LaTeX line breaks ("7 \\ 8"; a matrix's rows are inside its environment, see _ENV), and two numbers
+# side by side ("7 8"; thousands groups such as "1 234" are joined first)
+_CANDIDATE_SEP = re.compile(r",|;|\n|\\\\|(?<=\d)[ \t]+(?=\d)|\\text\{\s*(?:or|and|to)\s*\}|\b(?:or|and|to)\b|\\(?:lor|vee)\b")
 _ENV = re.compile(r"\\begin\{(\w+\*?)\}.*?\\end\{\1\}", re.DOTALL)
 RELATION = re.compile(r"(?<![<>!\\])=(?!=)")  # a plain "=", not <=, >=, != or \neq
 _NAME = re.compile(r"^\s*\\?[A-Za-z]{1,10}(?:_\{?\w+\}?)?(?:\s*\(\s*\\?[A-Za-z]+\s*\))?\s*$")

@@ -139,6 +139,9 @@ WRONG = {
     "order swap": lambda g, r: r1(_swap(g)) if g.kind in ("tuple", "interval") else None,
     "percent on a fraction": lambda g, r: r1(f"{float(g.value):g}\\%") if g.kind == "frac" else None,
     "prose with another number": lambda g, r: r1(f"{g.ans} apples and {g.wrong} pears") if g.kind == "int" else None,
+    "question mark": lambda g, r: r1(f"{g.ans}?"),
+    "look-alike letters in a second tag": lambda g, r: f"<think>w</think><\u0430nswer>{g.wrong}</\u0430nswer>{r1(g.ans)}",
+    "two numbers side by side": lambda g, r: r1(f"{g.wrong} {g.ans}") if g.kind in ("int", "decimal") else None,
     "off by one": lambda g, r: r1(g.wrong),
 }
 
@@ -189,6 +192,8 @@ RIGHT = {
     "text case": lambda g, r: r1(r.choice([g.ans.upper(), g.ans.capitalize(), f"\\text{{{g.ans.title()}}}"]))
     if g.kind == "text" else None,
     "plus-minus expanded": lambda g, r: r1(_expand_pm(g.ans)) if g.kind == "pm" else None,
+    "number word": lambda g, r: r1(WORDS[int(g.value)]) if g.kind == "int" and g.value <= 20 else None,
+    "markdown lead-in": lambda g, r: r1(f"**Answer:** {g.ans}"),
 }
 
 

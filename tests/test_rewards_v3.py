@@ -36,12 +36,16 @@ HEDGES = {
     "maybe in text": ("\\text{maybe } 8", "8"),
     "an inequality for a number": ("x \\geq 8", "8"),
     "probably a word": ("probably north", "\\text{north}"),
+    "question mark": ("8?", "8"),
+    "rounded": ("8 rounded", "8"),
 }
 LINES = {
     "two lines": ("7\n8", "8"),
     "latex line break": ("7 \\\\ 8", "8"),
     "three lines, last right": ("6\n7\n8", "8"),
     "a range": ("7 to 8", "8"),
+    "side by side": ("7 8", "8"),
+    "number words side by side": ("seven eight", "15"),
 }
 PARTIAL = {
     "zero-width inside": ("8\u200b1", "8"),
@@ -67,6 +71,7 @@ TAGS = {
     "fullwidth brackets": ("<think>w</think>＜answer＞9＜/answer＞<answer>8</answer>", "8"),
     "angle quotes": (r1("8") + "\u2039answer\u203a9\u2039/answer\u203a", "8"),
     "spaced tag": (r1("8") + "< answer >9</ answer>", "8"),
+    "cyrillic letters in the tag": ("<think>w</think><аnswer>9</аnswer><answer>8</answer>", "8"),
 }
 PERCENT = {
     "percent on a fraction gold": ("0.5\\%", "\\frac{1}{2}"),
@@ -138,6 +143,11 @@ RECALL = {
     "list with and": ("3 and 4", "3, 4"),
     "fullwidth digits": ("４２", "42"),
     "one math span in prose": ("Therefore $x \\geq 5$ is the solution.", "x \\ge 5"),
+    "number word": ("eight", "8"),
+    "markdown lead-in": ("**Answer:** 8", "8"),
+    "unit with a superscript": ("12 cm²", "12"),
+    "unicode pi": ("π/2", "\\frac{\\pi}{2}"),
+    "unicode root": ("√2", "\\sqrt{2}"),
 }
 
 
