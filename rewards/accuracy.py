@@ -248,6 +248,25 @@ def retracted(tail: str) -> bool:
     return bool(_RETRACTION.search(tail))
 
 
+def _without_restatements(tail: str, answer: str) -> str:
+    """``tail`` with each whole-token copy of ``answer`` blanked: "So the answer is \\frac{11}{6}." restates it (it
+    states no 11 and no 6), while "33" does not restate "3" (str.find, not a regex compiled per answer)."""
+    if not answer:
+        return tail
+    out, start = [], 0
+    i = tail.find(answer)
+    while i >= 0:
+        end = i + len(answer)
+        before, after = tail[i - 1 : i], tail[end : end + 2]
+        whole = not (before.isalnum() or before in (".", ",", "\\", "_")) and not (
+            after[:1].isalnum() or after[:1] in ("{", "^", "_") or (after[:1] in ".," and after[1:2].isdigit()))
+        if whole:
+            out.append(tail[start:i] + " ")
+            start = end
+        i = tail.find(answer, end if whole else i + 1)
+    return "".join(out) + tail[start:]
+
+
 def other_answer_after(tail: str, answer: str) -> bool:
     """True when the text after the answer states a different answer (a box, a math span or a number).
 
@@ -257,9 +276,7 @@ def other_answer_after(tail: str, answer: str) -> bool:
     """
     if not tail.strip():
         return False
-    # "So the answer is \\frac{11}{6}." restates it (not 11 and 6); only whole tokens: "33" does not restate "3"
-    same = re.compile(r"(?<![\w.,\\])" + re.escape(answer.strip()) + r"(?![\w{^_]|[.,]\d)")
-    tail = same.sub(" ", tail)
+    tail = _without_restatements(tail, answer.strip())
     return any(not _same_answer(s, answer) for s in stated_answers(tail))
 
 
