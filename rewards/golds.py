@@ -81,6 +81,9 @@ class GoldError(ValueError):
         super().__init__(f"row {first.index}: {first.describe()}{more}; fix or drop the row")
 
 
+# an interval gold may be answered as an inequality ("x \\le 3" for "(-\\infty, 3]"): the class is not a hedge there
+_INTERVAL = re.compile(r"^\s*[(\[].*,.*[)\]]\s*$|.*\\infty|.*\\cup", re.DOTALL)
+_INEQUALITY = frozenset({"inequality"})
 _DECIMAL = re.compile(r"^[-+]?(?:\d[\d,]*)?(?:\.\d+)?\s*(?:\\?%)?$")
 
 
@@ -103,7 +106,7 @@ def gold_structure(answer: str) -> Gold | str:
     value = plain_value(text)
     return Gold(text=text, number=value[0] if value else None, percent=percent, items=count_candidates(text),
                 relation=bool(RELATION.search(text)), pathological=is_pathological(text),
-                hedges=canon.hedges | canon.separators,
+                hedges=canon.hedges | canon.separators | (_INEQUALITY if _INTERVAL.match(text) else frozenset()),
                 text_answer=canon.text_answer, decimal=bool(_DECIMAL.match(text)), prose=canon.prose)
 
 

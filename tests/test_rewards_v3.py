@@ -148,6 +148,7 @@ RECALL = {
     "unit with a superscript": ("12 cm²", "12"),
     "unicode pi": ("π/2", "\\frac{\\pi}{2}"),
     "unicode root": ("√2", "\\sqrt{2}"),
+    "interval for an inequality gold": ("(-793, 10)", "-793 < a < 10"),
 }
 
 
