@@ -185,7 +185,7 @@ def judge_locally(gold: Gold, answer: str, max_answer_chars: int = 1000) -> Loca
     if len(s) > max_answer_chars:
         return LocalVerdict(Reason.TOO_LONG, path="extract")
     if gold.number is not None and _BARE_NUMBER.match(answer.strip()):  # GSM8K's common case: one exact check
-        return LocalVerdict(_exact(gold, [s])[0] or Reason.WRONG)
+        return LocalVerdict(Reason.RIGHT if s == gold.text else _exact(gold, [s])[0] or Reason.WRONG)
     canon = canonical(answer)  # the raw answer: "~8" is a hedge before clean() reads "~" as a space
     if canon.hedges - gold.hedges:
         return LocalVerdict(Reason.HEDGED, path="extract")

@@ -39,7 +39,7 @@ _UNIT = r"(?:(?:square|sq\.?|cubic)\s+)?(?:" + "|".join(UNITS) + r")"
 _UNIT_PER = rf"{_UNIT}(?:\s*(?:per|/|an?|each)\s*{_UNIT})?"
 # a unit at the end: plain (after a digit, space or brace), or in \text{} / \mbox{} / \mathrm{}, with ^2 or ^3
 _UNIT_TAIL = re.compile(
-    rf"(?:\s*\\(?:text|mbox|mathrm|textrm|textbf|textit|rm|operatorname)\s*\{{\s*{_UNIT_PER}\s*\}}"
+    rf"(?:\s*\\(?:text|textnormal|mbox|mathrm|textrm|textbf|textit|rm|operatorname)\s*\{{\s*{_UNIT_PER}\s*\}}"
     rf"|(?<=[\d\s}}]){_UNIT_PER}"
     rf"|\^\s*\{{?\s*\\circ\s*\}}?|°)\s*(?:\^\s*\{{?\s*[23]\s*\}}?)?\s*\.?\s*$", re.IGNORECASE)
 _CURRENCY_HEAD = re.compile(r"^\s*(?:\\\$|\$|€|£|¥|usd|eur)\s*", re.IGNORECASE)
@@ -84,7 +84,7 @@ _MIXED_PLAIN = re.compile(r"(?<![\d.^_{/\\])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d./])"
 _MIXED_FRAC = re.compile(r"(?<![\d.^_{/}\\])(\d+)\s*\\frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\}")
 _REPEATING = re.compile(r"(\d*)\.(\d*)\s*(?:\\overline\s*\{\s*(\d+)\s*\}|\\dot\s*\{\s*(\d)\s*\}|\((\d+)\))")
 _TEXT_ONLY = re.compile(r"^\(?[A-Za-z][A-Za-z' .-]*\)?$")
-_TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mbox|textit|mathbf|emph)\s*\{([^{}]*)\}")
+_TEXT_WRAPPERS = re.compile(r"\\(?:text|textnormal|textbf|mathrm|mbox|textit|mathbf|emph)\s*\{([^{}]*)\}")
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _LIST_AND = re.compile(r"\s*,?\s*(?:\\text\s*\{\s*and\s*\}|\band\b)\s*,?\s*")
 _ALL_NUMBER_WORDS = re.compile(rf"^\s*(?:{NUMBER_WORD.pattern})(?:\s+(?:{NUMBER_WORD.pattern}))*\s*$", re.IGNORECASE)
