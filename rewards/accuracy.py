@@ -48,7 +48,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 # boxed_contents, extract_answer, check_golds, parse_gold(s): imported from here before extract/golds existed
-from rewards.canon import Canon, canonical, containers_compare, same_value
+from rewards.canon import Canon, canonical, containers_compare, hedges_around, same_value
 from rewards.extract import (  # noqa: F401
     ANSWER_FORMATS,
     Extraction,
@@ -342,6 +342,9 @@ def judge(completions: list[str], answer: list[str], answer_format: str = "r1", 
             if reason is not None:
                 out[i] = _verdict(reason, found.answer, "extract", time.perf_counter() - t0)
                 continue
+        if found.context and hedges_around(found.context) - gold.hedges:  # "about \\boxed{8}" in the block
+            out[i] = _verdict(Reason.HEDGED, found.answer, "extract", time.perf_counter() - t0)
+            continue
         local = judge_locally(gold, found.answer, max_answer_chars)
         if local.reason is not None:
             out[i] = _verdict(local.reason, found.answer, local.path, time.perf_counter() - t0)

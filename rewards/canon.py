@@ -178,6 +178,13 @@ def hedges_in(raw: str) -> frozenset[str]:
     return frozenset(found)
 
 
+def hedges_around(text: str) -> frozenset[str]:
+    """Hedges and alternatives (``or``, ``to``, ``nor``) in text around a boxed answer (``about \\boxed{8}``,
+    ``\\boxed{8} or so``); ``accuracy`` compares them with the gold's own."""
+    words = frozenset(m.group(0).lower() for m in _SEPARATOR.finditer(_COMMAND.sub(" ", text)))
+    return hedges_in(text) | words
+
+
 def _prose(s: str) -> tuple[str, ...]:
     """Words left in ``s`` that no math parser reads as math; one plain noun after a single number is allowed."""
     bare = _COMMAND.sub(" ", _TEXT_WRAPPERS.sub(r" \1 ", _ENV_NAME.sub(" ", s)))

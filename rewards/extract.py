@@ -142,12 +142,15 @@ class Extraction:
             that holds a box, from that box on).
         boxes: for ``multiple_answers`` from several different boxes, their contents (``accuracy`` counts boxes
             of equal value, ``\\boxed{\\frac{1}{2}} = \\boxed{0.5}``, as one answer).
+        context: for an r1 block that holds a box, the block's text outside its boxes (``about \\boxed{8}``:
+            ``accuracy`` reads hedges there).
     """
 
     answer: str | None
     reason: str | None
     tail: str = ""
     boxes: tuple[str, ...] = ()
+    context: str = ""
 
 
 def box_spans(text: str) -> list[tuple[int, int, str]] | None:
@@ -274,7 +277,10 @@ def find_answer(text: str, answer_format: str = "r1", max_chars: int = 65536) ->
     if BOX.search(body):  # the box is the answer; text after it inside the block is part of the tail
         boxed = _from_boxes(body, None)
         after = boxed.tail + ANSWER_CLOSE + tail if boxed.answer or boxed.boxes else ""
-        return Extraction(boxed.answer, boxed.reason, after, boxed.boxes)
+        spans = box_spans(body) or []
+        cuts = zip([0] + [e for _, e, _ in spans], [s for s, _, _ in spans] + [len(body)])
+        outside = " ".join(body[a:b] for a, b in cuts)
+        return Extraction(boxed.answer, boxed.reason, after, boxed.boxes, outside.strip())
     return Extraction(body.strip(), None, tail)
 
 

@@ -140,7 +140,9 @@ WRONG = {
     "percent on a fraction": lambda g, r: r1(f"{float(g.value):g}\\%") if g.kind == "frac" else None,
     "prose with another number": lambda g, r: r1(f"{g.ans} apples and {g.wrong} pears") if g.kind == "int" else None,
     "question mark": lambda g, r: r1(f"{g.ans}?"),
-    "look-alike letters in a second tag": lambda g, r: f"<think>w</think><\u0430nswer>{g.wrong}</\u0430nswer>{r1(g.ans)}",
+    "hedge around a box": lambda g, r: r1(r.choice([f"about \\boxed{{{g.ans}}}", f"\\boxed{{{g.ans}}} or so",
+                                                    f"{g.wrong} or \\boxed{{{g.ans}}}"])),
+    "look-alike letters in a second tag": lambda g, r: f"<\u0430nswer>{g.wrong}</\u0430nswer>{r1(g.ans)}",
     "two numbers side by side": lambda g, r: r1(f"{g.wrong} {g.ans}") if g.kind in ("int", "decimal") else None,
     "off by one": lambda g, r: r1(g.wrong),
 }

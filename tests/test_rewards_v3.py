@@ -38,6 +38,8 @@ HEDGES = {
     "probably a word": ("probably north", "\\text{north}"),
     "question mark": ("8?", "8"),
     "rounded": ("8 rounded", "8"),
+    "hedge around a box": ("about \\boxed{8}", "8"),
+    "alternative after a box": ("\\boxed{8} or so", "8"),
 }
 LINES = {
     "two lines": ("7\n8", "8"),
@@ -145,6 +147,7 @@ RECALL = {
     "one math span in prose": ("Therefore $x \\geq 5$ is the solution.", "x \\ge 5"),
     "number word": ("eight", "8"),
     "markdown lead-in": ("**Answer:** 8", "8"),
+    "lead-in around a box": ("The answer is \\boxed{8}.", "8"),
     "unit with a superscript": ("12 cm²", "12"),
     "unicode pi": ("π/2", "\\frac{\\pi}{2}"),
     "unicode root": ("√2", "\\sqrt{2}"),
