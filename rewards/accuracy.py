@@ -145,7 +145,7 @@ def _text_verdict(gold: Gold, canon: Canon) -> Reason:
 
 def _shape(gold: Gold, s: str, canon: Canon) -> Reason | None:
     """Too many candidates, an alternative inside brackets, prose or a partial read: the shape decides a 0."""
-    if count_candidates(s) > gold.items:
+    if count_candidates(s) > gold.items or canon.spans > 1:  # "$7$ $8$": two math spans are two answers
         return Reason.MULTIPLE_ANSWERS
     if canon.separators - gold.hedges:
         return Reason.HEDGED  # "7 \\text{ (or 8)}": an alternative inside brackets or text

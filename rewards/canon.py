@@ -105,6 +105,7 @@ class Canon:
         text_answer: the answer as lower-case text when it is words only (``\\text{North}`` -> ``north``), else None.
         separators: ``or``/``to``/``nor`` anywhere, also inside brackets or ``\\text{}`` (``7 \\text{ (or 8)}``),
             where counting top-level candidates does not see them.
+        spans: distinct math spans with a digit in the raw answer (``$7$ $8$``: more than one is several answers).
     """
 
     text: str
@@ -113,6 +114,7 @@ class Canon:
     partial: bool
     text_answer: str | None
     separators: frozenset[str] = frozenset()
+    spans: int = 0
 
 
 def _repeating(m: re.Match) -> str:
@@ -226,6 +228,8 @@ def canonical(answer: str) -> Canon:
     hedges = hedges_in(answer)
     outside = ""
     spans = list(_MATH_SPAN.finditer(answer))
+    stated = len({"".join(g.split()) for m in spans for g in m.groups()
+                  if g is not None and any(c.isdigit() for c in g)})
     if len(spans) == 1:  # "Therefore $x \\geq 5$ is the solution.": the one math span is the answer
         outside = answer[: spans[0].start()] + " " + answer[spans[0].end() :]
         if outside.strip() and not any(ch.isdigit() for ch in outside) and "\\" not in outside:
@@ -250,7 +254,7 @@ def canonical(answer: str) -> Canon:
     text = text_answer(s)
     prose = () if text is not None else _prose(s)
     separators = frozenset(m.group(0).lower() for m in _SEPARATOR.finditer(_COMMAND.sub(" ", s + " " + outside)))
-    return Canon(s, hedges, prose, _partial(s), text, separators)
+    return Canon(s, hedges, prose, _partial(s), text, separators, stated)
 
 
 def same_value(values: list[str]) -> bool:

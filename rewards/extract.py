@@ -30,7 +30,7 @@ _BRACE = re.compile(r"(?<!\\)[{}]")  # an unescaped brace (\{ is a literal brace
 _TOKEN = re.compile(r"[^\s$]+")
 
 # math delimiters and wrappers that carry no meaning around a final answer
-_WRAPPERS = [(r"\(", r"\)"), (r"\[", r"\]"), ("$$", "$$"), ("$", "$"), ("**", "**"), ("__", "__")]
+_WRAPPERS = [(r"\(", r"\)"), (r"\[", r"\]"), ("$$", "$$"), ("$", "$"), ("**", "**"), ("__", "__"), ("`", "`")]
 # LaTeX spacing commands; "\\\\ " (a matrix row break, two backslashes) must survive, hence the lookbehind
 _SPACING = re.compile(r"(?<!\\)(?:\\[,!;: ]|\\quad|\\qquad|\\displaystyle|\\left|\\right)|~")
 # \text{}, emphasis (\textbf, \mathbf, \emph, \textit, \boldsymbol) and \mathrm around the whole answer

@@ -143,6 +143,7 @@ WRONG = {
     "hedge around a box": lambda g, r: r1(r.choice([f"about \\boxed{{{g.ans}}}", f"\\boxed{{{g.ans}}} or so",
                                                     f"{g.wrong} or \\boxed{{{g.ans}}}"])),
     "look-alike letters in a second tag": lambda g, r: f"<\u0430nswer>{g.wrong}</\u0430nswer>{r1(g.ans)}",
+    "two math spans": lambda g, r: r1(f"${g.wrong}$ ${g.ans}$"),
     "two numbers side by side": lambda g, r: r1(f"{g.wrong} {g.ans}") if g.kind in ("int", "decimal") else None,
     "off by one": lambda g, r: r1(g.wrong),
 }

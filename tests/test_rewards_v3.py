@@ -48,6 +48,7 @@ LINES = {
     "a range": ("7 to 8", "8"),
     "side by side": ("7 8", "8"),
     "number words side by side": ("seven eight", "15"),
+    "two math spans": ("$7$ $8$", "8"),
 }
 PARTIAL = {
     "zero-width inside": ("8\u200b1", "8"),
@@ -148,6 +149,7 @@ RECALL = {
     "number word": ("eight", "8"),
     "markdown lead-in": ("**Answer:** 8", "8"),
     "lead-in around a box": ("The answer is \\boxed{8}.", "8"),
+    "inline code": ("`8`", "8"),
     "unit with a superscript": ("12 cm²", "12"),
     "unicode pi": ("π/2", "\\frac{\\pi}{2}"),
     "unicode root": ("√2", "\\sqrt{2}"),
