@@ -211,6 +211,8 @@ DELIBERATE_BY_REASON = {
     "other_answer_after": "a different answer (box, number) after the final answer scores 0 (after_answer: strict)",
     "multiple_answers": "several different answers (boxes, candidates) score 0",
     "unparsable": "a prediction math-verify parses only in part scores 0 (e.g. a sign lost in \\mathrm{e})",
+    "hedged": "a hedge word or symbol in the answer scores 0 ('not 10 which is ...', '\\approx 11')",
+    "retracted": "words after the answer that take it back score 0",
     "no_answer": "no single final answer (no box, or a full solution without one) scores 0",
     "unclosed": "an unbalanced box is no answer",
     "malformed": "tags inside the answer block are no answer",
@@ -237,6 +239,11 @@ def disagreement(case: dict, pred: str, verdict: Verdict | None) -> str:
     if "full_solution_text" in tags or len(pred) > 200:
         return "deliberate: a full solution's last box is its answer; prose around it is not parsed"
     path = "cas" if verdict.path == "cache" else verdict.path  # a cached CAS verdict
+    if reason == "partial_parse":
+        if path == "cas":
+            return "deliberate: " + DELIBERATE_BY_REASON["unparsable"]
+        if re.search(r"(?<![\\A-Za-z])[A-Za-z]{3,}", re.sub(r"\\begin\{\w+\}|\\end\{\w+\}", "", pred)):
+            return "deliberate: prose around the value (not a lead-in, a unit or one noun) scores 0 (partial_parse)"
     return f"gap: our {reason} ({path}) where math-verify expects a match"
 
 

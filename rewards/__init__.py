@@ -17,9 +17,10 @@ A reward may add counters to the step's metrics with ``report(key, value)``; ``r
 as ``rewards/<name>/<key>``. This package imports nothing from ``grpo``.
 
 Layout: ``registry`` (names, counters), ``calling`` (TRL's calling convention), ``extract`` (the final answer:
-tags, boxes, cleaning), ``numbers`` (exact values, stall guard), ``golds`` (gold parsing), ``spec`` (the ``{weight,
-kwargs, on_error, deadline_s}`` spec), ``sandbox`` (killable worker processes), ``combine`` (weighted sum),
-``explain`` (CLI), the built-ins.
+text normalisation, tags, boxes, cleaning), ``canon`` (the canonical reading of an answer: hedges, units, exact
+notations), ``exact`` (exact values, stall guard), ``golds`` (gold parsing), ``spec`` (the ``{weight, kwargs,
+on_error, deadline_s}`` spec), ``sandbox`` (killable worker processes), ``combine`` (weighted sum), ``explain``
+(CLI), the built-ins.
 
 Built-ins: ``accuracy`` (math answers, bounded in time), ``format`` and ``tag_count`` (R1 output format),
 ``countdown`` (TinyZero's task), ``overlong`` (DAPO's soft overlong punishment).

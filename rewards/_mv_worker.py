@@ -11,7 +11,8 @@ Protocol: the parent writes one JSON object per line on stdin and reads one per 
   that ignores signals, which only the parent's hard deadline stops.
 
 ``status`` is ``ok``, ``bad_gold`` (the gold parses to nothing), ``unparsable`` (a prediction parses to
-nothing, or only in part), ``timeout`` (the soft timer fired) or ``error`` (parsing raised). A math-verify
+nothing), ``partial`` (it parses only in part), ``timeout`` (the soft timer fired) or ``error`` (parsing
+raised). A math-verify
 "equal" between two numbers must also hold exactly (``_exact_differs``); radical forms are retried with
 positive symbols (``_radicals_equal``). The worker runs in its own process, in its main thread, so a timer signal can
 interrupt sympy between bytecodes (the soft timeout); C-level work such as a huge integer power cannot be
@@ -69,6 +70,8 @@ def _partial(pred: str, parsed: list) -> bool:
         return False
     if matched.count("{") != matched.count("}"):
         return True
+    if "\\\\" in re.sub(r"\\begin\{(\w+)\}.*?\\end\{\1\}", "", matched, flags=re.DOTALL) and "\\\\" not in pred:
+        return True  # math-verify rewrote the answer into lines (``2\\sqrt(3)`` -> ``2\\\\sqrt{3}``) and kept the first
     m, p = _flat(_TEXT_CMD.sub("", matched)), _flat(_TEXT_CMD.sub("", pred))  # text and units are meant to go
     return len(m) < len(p) and p.startswith(m)
 
@@ -101,6 +104,49 @@ def _exact_differs(gold: list, parsed: list) -> bool:
         return not bool(dv <= scale * 10**-40)
     except (TypeError, ValueError, ArithmeticError):
         return False  # cannot evaluate (e.g. complex infinities): keep math-verify's verdict
+
+
+def _leaves(x) -> tuple[list, bool] | None:
+    """The elements of a tuple, interval, set or matrix, and whether their order is free; None otherwise."""
+    import sympy
+
+    if isinstance(x, (sympy.Tuple, tuple, list, sympy.MatrixBase)):
+        return list(x), False
+    if isinstance(x, sympy.Interval):
+        return [x.start, x.end, sympy.Integer(1 if x.left_open else 0), sympy.Integer(1 if x.right_open else 0)], False
+    if isinstance(x, sympy.FiniteSet):
+        return list(x.args), True
+    return None
+
+
+def _same_exact(a, b) -> bool:
+    """``a`` and ``b`` (numbers or containers of them) are equal exactly; True when they cannot be compared so
+    (symbols), which leaves math-verify's verdict standing."""
+    la, lb = _leaves(a), _leaves(b)
+    if la is None or lb is None:
+        return la is None and lb is None and not _exact_differs([a], [b])
+    (xs, free), (ys, _) = la, lb
+    if len(xs) != len(ys):
+        return True  # a shape math-verify judged; not a rounding question
+    if not free:
+        return all(_same_exact(x, y) for x, y in zip(xs, ys))
+    rest = list(ys)
+    for x in xs:  # a set: every element must meet an exactly equal partner
+        match = next((i for i, y in enumerate(rest) if _same_exact(x, y)), None)
+        if match is None:
+            return False
+        rest.pop(match)
+    return True
+
+
+def _container_differs(gold: list, parsed: list) -> bool:
+    """Two containers math-verify called equal differ exactly in some numeric element (its comparison rounds
+    inside tuples, intervals, sets and matrices: ``(0.0000003, 1)`` vs ``(0.0000004, 1)``)."""
+    first = lambda xs: next((x for x in xs if not isinstance(x, str)), None)
+    g, p = first(gold), first(parsed)
+    if _leaves(g) is None or _leaves(p) is None:
+        return False
+    return not _same_exact(g, p)
 
 
 def _radicals_equal(gold: list, parsed: list) -> bool:
@@ -222,10 +268,12 @@ def _verify_handler():
             return {"ok": True, "status": "ok"}
         for pred in req["preds"]:
             parsed, as_latex = parse_pred(pred)
-            if not parsed or (as_latex and _partial(pred, parsed)):
+            if not parsed:
                 return {"ok": False, "status": "unparsable"}
+            if as_latex and _partial(pred, parsed):
+                return {"ok": False, "status": "partial"}
             if verify(gold, parsed, timeout_seconds=None):
-                if _exact_differs(gold, parsed):
+                if _exact_differs(gold, parsed) or _container_differs(gold, parsed):
                     return {"ok": False, "status": "ok"}
             elif not _radicals_equal(gold, parsed):
                 return {"ok": False, "status": "ok"}

@@ -1,27 +1,36 @@
 """``accuracy``: is the single final answer right? Hack-resistant, exact for numbers, bounded in time, explained.
 
 Extraction (``answer_format``, see :mod:`rewards.extract`): ``r1`` (default; the single ``<answer>`` block, its
-box if any), ``boxed`` or ``auto``. Several answer blocks, tags nested inside the block, an unclosed block, or a
-block inside an open ``<think>`` score 0. Several different boxed values (``\\boxed{1}\\boxed{2}``) or several
-candidate answers (``3 or 4``, ``3, 4`` when the gold is one value) score 0. An equation counts only for its
-last side and only if every numeric side agrees (``x = 42`` is 42; ``41 = 42`` scores 0).
+box if any), ``boxed`` or ``auto``, read after :func:`rewards.extract.normalize_text` (tags in any case or
+look-alike spelling are tags). Several answer blocks, tags nested inside the block, an unclosed block, or a
+block inside an open ``<think>`` score 0. Several different boxed values (``\\boxed{1}\\boxed{2}``; equal values
+such as ``\\boxed{\\frac{1}{2}} = \\boxed{0.5}`` are one) or several candidate answers (``3 or 4``, two lines,
+``3, 4`` when the gold is one value) score 0. An equation counts only for its last side and only if every
+numeric side agrees (``x = 42`` is 42; ``41 = 42`` scores 0).
 
-Text after the answer (``after_answer``): with ``strict`` (default), a box, a math span or a number after the
-final ``</answer>`` (r1) or after the last box (boxed) that differs from the extracted answer scores 0
-(``<answer>12</answer> \\boxed{13}``, ``... Actually, the answer is 13.``); ``ignore`` leaves trailing text to
-the format reward.
+The canonical reading (:mod:`rewards.canon`, the same for the answer and the gold) comes before any comparison:
+a hedge (``about 8``, ``\\approx 8``, ``8 (not 7)``) scores 0 as ``hedged``; units, currency and a lead-in go;
+mixed numbers, repeating decimals and ``\\pm`` are read exactly; text answers compare case-insensitively;
+prose left over, or a construct math-verify reads only in part, scores 0 as ``partial_parse``.
+
+Text after the answer (``after_answer``): with ``strict`` (default), a box, a math span, a number, a number word
+or an option letter after the final ``</answer>`` (r1) or after the last box (boxed) that differs from the
+extracted answer scores 0 (``<answer>12</answer> \\boxed{13}``, ``... No wait, it is thirteen.``, ``... (B)``),
+and so do words that take the answer back (``Wait, that is wrong.``: ``retracted``); ``ignore`` leaves trailing
+text to the format reward.
 
 Comparison: plain numbers and arithmetic of plain numbers take an exact in-process path (thousands
-separators, ``$``, ``%`` (cosmetic when the gold is a plain number: ``25\\%`` is 25, ``0.25`` is not),
-unicode minus, trailing ``.0``, ``1e5``, fractions vs decimals, ``\\frac{a}{b}``); everything else goes to
-math-verify (``verify(gold, pred)``, gold first) in the worker pool of ``rewards/sandbox.py`` with a hard
-per-call deadline. There, a prediction that parses only in part is a 0, and when both sides are numbers
-(powers, factorials, radicals, constants) a math-verify "equal" must also hold exactly (rational arithmetic,
-or a difference below 1e-40 relative at 60 digits), so ``\\frac{1}{2^{98}}`` is not ``\\frac{1}{2^{99}}``;
-radical forms that math-verify misses (``\\sqrt{\\frac{1}{n}}`` vs ``\\frac{1}{\\sqrt{n}}``) are compared
-with positive symbols. Completions longer than ``max_completion_chars`` and answers longer than
-``max_answer_chars`` score 0, and answers built to stall a CAS (towers, huge exponents or factorials, deep
-nesting) score 0 without being parsed.
+separators, ``$``, ``%`` (cosmetic when the gold is an integer or decimal: ``25\\%`` is 25, ``0.25`` is not; a
+hundredth otherwise), unicode minus, trailing ``.0``, ``1e5``, fractions vs decimals, ``\\frac{a}{b}``); so do
+containers of plain numbers (tuples, intervals, sets, matrices). Everything else goes to math-verify
+(``verify(gold, pred)``, gold first) in the worker pool of ``rewards/sandbox.py`` with a hard per-call deadline.
+There, a prediction that parses only in part is a 0 (``partial_parse``), and when both sides are numbers, or
+containers of them (powers, factorials, radicals, constants), a math-verify "equal" must also hold exactly
+(rational arithmetic, or a difference below 1e-40 relative at 60 digits), so ``\\frac{1}{2^{98}}`` is not
+``\\frac{1}{2^{99}}``; radical forms that math-verify misses (``\\sqrt{\\frac{1}{n}}`` vs
+``\\frac{1}{\\sqrt{n}}``) are compared with positive symbols. Completions longer than ``max_completion_chars``
+and answers longer than ``max_answer_chars`` score 0, and answers built to stall a CAS (towers, huge exponents or
+factorials, deep nesting) score 0 without being parsed.
 
 Every verdict carries a reason (:class:`Reason`); :func:`judge` returns them as :class:`Verdict` objects and the
 reward logs ``rewards/accuracy/reason/<code>`` counts per step and writes each sample's verdict to
@@ -32,13 +41,23 @@ reward logs ``rewards/accuracy/reason/<code>`` counts per step and writes each s
 from __future__ import annotations
 
 import enum
+import re
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 # boxed_contents, extract_answer, check_golds, parse_gold(s): imported from here before extract/golds existed
-from rewards.extract import ANSWER_FORMATS, boxed_contents, clean, extract_answer, find_answer, stated_answers  # noqa: F401
+from rewards.canon import Canon, canonical, containers_compare, hedges_around, same_value
+from rewards.extract import (  # noqa: F401
+    ANSWER_FORMATS,
+    Extraction,
+    boxed_contents,
+    clean,
+    extract_answer,
+    find_answer,
+    stated_answers,
+)
 from rewards.golds import Gold, GoldProblem, check_golds, gold_structure, parse_gold, parse_golds  # noqa: F401
 from rewards.numbers import count_candidates, is_pathological, plain_value, split_relation
 from rewards.registry import annotate, register, report
@@ -57,16 +76,20 @@ class Reason(str, enum.Enum):
     ANSWER_IN_THINK = "answer_in_think"
     UNCLOSED = "unclosed"
     MALFORMED = "malformed"
+    HEDGED = "hedged"
     OTHER_ANSWER_AFTER = "other_answer_after"
+    RETRACTED = "retracted"
     TOO_LONG = "too_long"
     REFUSED_PATHOLOGICAL = "refused_pathological"
     TIMEOUT = "timeout"
     UNPARSABLE = "unparsable"
+    PARTIAL_PARSE = "partial_parse"
     BAD_GOLD = "bad_gold"
     WORKER_FAILURE = "worker_failure"
 
 
 _WORKER_STATUS = {"timeout": Reason.TIMEOUT, "bad_gold": Reason.BAD_GOLD, "unparsable": Reason.UNPARSABLE,
+                  "partial": Reason.PARTIAL_PARSE,
                   "error": Reason.WORKER_FAILURE, "crash": Reason.WORKER_FAILURE, "unavailable": Reason.WORKER_FAILURE}
 
 
@@ -107,8 +130,49 @@ class LocalVerdict:
     path: str = "exact"
 
 
+_BARE_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+_AND = re.compile(r"\\text\{\s*and\s*\}|\band\b")
+
+
+def _text_verdict(gold: Gold, canon: Canon) -> Reason:
+    """A words-only gold (``\\text{north}``, ``(C)``) against an answer, case-insensitively."""
+    said = canon.text_answer
+    if said is None:
+        bare = canon.text.strip("() ").lower()
+        said = bare if len(bare) == 1 and bare.isalpha() else None  # "C" for the option "(C)"
+    return Reason.RIGHT if said == gold.text_answer else Reason.WRONG
+
+
+def _shape(gold: Gold, s: str, canon: Canon) -> Reason | None:
+    """Too many candidates, an alternative inside brackets, prose or a partial read: the shape decides a 0."""
+    if count_candidates(s) > gold.items or canon.spans > 1:  # "$7$ $8$": two math spans are two answers
+        return Reason.MULTIPLE_ANSWERS
+    if canon.separators - gold.hedges:
+        return Reason.HEDGED  # "7 \\text{ (or 8)}": an alternative inside brackets or text
+    if canon.partial or set(canon.prose) - set(gold.prose) - {"and", "or", "to"}:
+        return Reason.PARTIAL_PARSE
+    return None
+
+
+def _exact(gold: Gold, checks: list[str]) -> tuple[Reason | None, list[str]]:
+    """The plain-number checks decided in-process; the rest go on to math-verify."""
+    pending = []
+    for c in checks:
+        v = plain_value(c)
+        if v is None:
+            pending.append(c)
+            continue
+        value, percent = v
+        if percent and not (gold.decimal or gold.percent):
+            value /= 100  # "%" is cosmetic for an integer or decimal gold only: 0.5\% is not \frac{1}{2}
+        ok = value == gold.number or (gold.percent and not percent and value * 100 == gold.number)
+        if not ok:
+            return Reason.WRONG, []
+    return (Reason.RIGHT if not pending else None), pending
+
+
 def judge_locally(gold: Gold, answer: str, max_answer_chars: int = 1000) -> LocalVerdict:
-    """The verdict when it needs no CAS, else the cleaned strings math-verify must all accept.
+    """The verdict when it needs no CAS, else the canonical strings math-verify must all accept.
 
     Example:
         >>> from rewards.golds import parse_gold
@@ -120,28 +184,35 @@ def judge_locally(gold: Gold, answer: str, max_answer_chars: int = 1000) -> Loca
         return LocalVerdict(Reason.NO_ANSWER, path="extract")
     if len(s) > max_answer_chars:
         return LocalVerdict(Reason.TOO_LONG, path="extract")
+    if gold.number is not None and _BARE_NUMBER.match(answer.strip()):  # GSM8K's common case: one exact check
+        return LocalVerdict(Reason.RIGHT if s == gold.text else _exact(gold, [s])[0] or Reason.WRONG)
+    canon = canonical(answer)  # the raw answer: "~8" is a hedge before clean() reads "~" as a space
+    if canon.hedges - gold.hedges:
+        return LocalVerdict(Reason.HEDGED, path="extract")
     if "".join(s.split()) == "".join(gold.text.split()):
         return LocalVerdict(Reason.RIGHT)  # the very same text as the gold
-    if count_candidates(s) > gold.items:
-        return LocalVerdict(Reason.MULTIPLE_ANSWERS, path="extract")
+    s = canon.text
+    if gold.text_answer is not None:
+        return LocalVerdict(_text_verdict(gold, canon))
+    shape = _shape(gold, s, canon)
+    if shape is not None:
+        return LocalVerdict(shape, path="extract")
+    if gold.items > 1:
+        s = _AND.sub(",", s)  # "3 and 4" for the gold "3, 4"
+        same = containers_compare(gold.text, s)
+        if same is not None:
+            return LocalVerdict(Reason.RIGHT if same else Reason.WRONG)
     checks = [s] if gold.relation else split_relation(s)
     if not checks:
         return LocalVerdict(Reason.UNPARSABLE, path="extract")
     if gold.number is not None:
-        pending = []
-        for c in checks:
-            v = plain_value(c)
-            if v is None:
-                pending.append(c)
-                continue
-            value, percent = v
-            # a "%" on an answer to a plain-number gold is cosmetic (25\% = 25); 0.25 for a "25%" gold is fine
-            ok = value == gold.number or (gold.percent and not percent and value * 100 == gold.number)
-            if not ok:
-                return LocalVerdict(Reason.WRONG)
-        if not pending:
-            return LocalVerdict(Reason.RIGHT)
-        checks = pending
+        reason, checks = _exact(gold, checks)
+        if reason is not None:
+            return LocalVerdict(reason)
+    elif gold.items == 1 and len(checks) == 1:
+        same = containers_compare(gold.text, checks[0])  # a tuple, interval or matrix is one item
+        if same is not None:
+            return LocalVerdict(Reason.RIGHT if same else Reason.WRONG)
     if not gold.pathological and any(is_pathological(c) for c in checks):
         return LocalVerdict(Reason.REFUSED_PATHOLOGICAL, path="guard")
     return LocalVerdict(None, tuple(checks), path="cas")
@@ -156,7 +227,44 @@ def _same_answer(stated: str, answer: str) -> bool:
     if flat(stated_sides[-1]) in (flat(b), flat(sides[-1])):
         return True
     va, vb = plain_value(stated_sides[-1]), plain_value(sides[-1])
-    return va is not None and vb is not None and va[0] == vb[0]
+    if va is not None and vb is not None and va[0] == vb[0]:
+        return True
+    letter = lambda x: re.sub(r"\\text\{(.*)\}", r"\1", flat(x)).strip("()").upper()
+    return len(letter(a)) == 1 and letter(a) == letter(b)  # "(B)" after the answer "B" or "\text{(B)}"
+
+
+# Words that take the answer back without stating another one: "<answer>8</answer> No wait, that's wrong."
+_RETRACTION = re.compile(r"\b(?:wait|wrong|incorrect|mistaken?|actually|instead|scratch that|not (?:right|correct)|"
+                         r"recalculat\w*|re-?check\w*|redo|oops)\b", re.IGNORECASE)
+
+
+def retracted(tail: str) -> bool:
+    """True when the text after the answer takes it back (``No wait, that's wrong``), with or without a number.
+
+    Example:
+        >>> retracted(" No wait, that is wrong."), retracted(" I hope this helps.")
+        (True, False)
+    """
+    return bool(_RETRACTION.search(tail))
+
+
+def _without_restatements(tail: str, answer: str) -> str:
+    """``tail`` with each whole-token copy of ``answer`` blanked: "So the answer is \\frac{11}{6}." restates it (it
+    states no 11 and no 6), while "33" does not restate "3" (str.find, not a regex compiled per answer)."""
+    if not answer:
+        return tail
+    out, start = [], 0
+    i = tail.find(answer)
+    while i >= 0:
+        end = i + len(answer)
+        before, after = tail[i - 1 : i], tail[end : end + 2]
+        whole = not (before.isalnum() or before in (".", ",", "\\", "_")) and not (
+            after[:1].isalnum() or after[:1] in ("{", "^", "_") or (after[:1] in ".," and after[1:2].isdigit()))
+        if whole:
+            out.append(tail[start:i] + " ")
+            start = end
+        i = tail.find(answer, end if whole else i + 1)
+    return "".join(out) + tail[start:]
 
 
 def other_answer_after(tail: str, answer: str) -> bool:
@@ -166,7 +274,10 @@ def other_answer_after(tail: str, answer: str) -> bool:
         >>> other_answer_after(" Actually, the final answer is 13.", "12"), other_answer_after(" So 12.", "12")
         (True, False)
     """
-    return any(not _same_answer(s, answer) for s in stated_answers(tail)) if tail.strip() else False
+    if not tail.strip():
+        return False
+    tail = _without_restatements(tail, answer.strip())
+    return any(not _same_answer(s, answer) for s in stated_answers(tail))
 
 
 _VERDICTS: OrderedDict[tuple, Reason] = OrderedDict()  # (gold text, checks) -> reason; LRU, shared by threads
@@ -220,11 +331,19 @@ def judge(completions: list[str], answer: list[str], answer_format: str = "r1", 
         if not isinstance(gold, Gold):
             out[i] = _verdict(Reason.BAD_GOLD, found.answer, "extract", time.perf_counter() - t0)
             continue
+        if found.answer is None and found.boxes and same_value(list(found.boxes)):
+            found = Extraction(found.boxes[-1], None, found.tail)  # \boxed{\frac{1}{2}} = \boxed{0.5}: one answer
         if found.answer is None:
             out[i] = _verdict(Reason(found.reason), None, "extract", time.perf_counter() - t0)
             continue
-        if after_answer == "strict" and other_answer_after(found.tail, found.answer):
-            out[i] = _verdict(Reason.OTHER_ANSWER_AFTER, found.answer, "extract", time.perf_counter() - t0)
+        if after_answer == "strict" and found.tail.strip():
+            reason = (Reason.OTHER_ANSWER_AFTER if other_answer_after(found.tail, found.answer)
+                      else Reason.RETRACTED if retracted(found.tail) else None)
+            if reason is not None:
+                out[i] = _verdict(reason, found.answer, "extract", time.perf_counter() - t0)
+                continue
+        if found.context and hedges_around(found.context) - gold.hedges:  # "about \\boxed{8}" in the block
+            out[i] = _verdict(Reason.HEDGED, found.answer, "extract", time.perf_counter() - t0)
             continue
         local = judge_locally(gold, found.answer, max_answer_chars)
         if local.reason is not None:

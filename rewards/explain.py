@@ -4,7 +4,8 @@
     python -m rewards.explain --file runs/x/completions.jsonl --step 10 --limit 5
     python -m rewards.explain --file completions.jsonl --reason multiple_answers   # only those verdicts
 
-Each verdict prints its score, reason code, extracted answer, the path that decided it (``extract``, ``guard``,
+Each verdict prints its score, reason code (``hedged``, ``partial_parse``, ``retracted``, ... as in
+``rewards.accuracy.Reason``), extracted answer, the path that decided it (``extract``, ``guard``,
 ``exact``, ``cas``, ``cache``) and the time it took; ``--answer_format`` and ``--after_answer`` are the
 reward's kwargs, as in the config. Completions from a file are judged again with the current code.
 """

@@ -17,6 +17,7 @@ Answer formats (``answer_format``):
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -29,13 +30,104 @@ _BRACE = re.compile(r"(?<!\\)[{}]")  # an unescaped brace (\{ is a literal brace
 _TOKEN = re.compile(r"[^\s$]+")
 
 # math delimiters and wrappers that carry no meaning around a final answer
-_WRAPPERS = [(r"\(", r"\)"), (r"\[", r"\]"), ("$$", "$$"), ("$", "$"), ("**", "**"), ("__", "__")]
+_WRAPPERS = [(r"\(", r"\)"), (r"\[", r"\]"), ("$$", "$$"), ("$", "$"), ("**", "**"), ("__", "__"), ("`", "`")]
 # LaTeX spacing commands; "\\\\ " (a matrix row break, two backslashes) must survive, hence the lookbehind
 _SPACING = re.compile(r"(?<!\\)(?:\\[,!;: ]|\\quad|\\qquad|\\displaystyle|\\left|\\right)|~")
 # \text{}, emphasis (\textbf, \mathbf, \emph, \textit, \boldsymbol) and \mathrm around the whole answer
 _TEXT_WRAP = re.compile(r"^\\(?:text|textbf|textit|emph|mathrm|mathbf|boldsymbol)\s*\{([^{}]*)\}$")
 _MD_ITALIC = re.compile(r"^\*([^*]+)\*$")
 _THOUSANDS_BANG = re.compile(r"(?<=\d),\s*\\!\s*(?=\d{3}(?!\d))")
+
+
+# --- text normalisation: what the reward reads is what a reader sees ---------------------------------------------
+_SUPER = dict(zip("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁽⁾ⁿⁱ", "0123456789+-()ni"))
+_SUB = dict(zip("₀₁₂₃₄₅₆₇₈₉₊₋₍₎", "0123456789+-()"))
+_SUPER_RUN = re.compile("[" + "".join(_SUPER) + "]+")
+_SUB_RUN = re.compile("[" + "".join(_SUB) + "]+")
+_VULGAR = re.compile(r"(?:(\d)\s*)?([\u00bc-\u00be\u2150-\u215e\u2189])")
+# a tag in any case and in look-alike brackets (NFKC already folded fullwidth and small forms to < and >)
+# Letters that look like those of "answer" and "think" (Cyrillic, Greek): "<аnswer>" is a tag to a reader
+_CONFUSABLE = {"a": "аα", "e": "еε", "s": "ѕ", "w": "ԝѡ", "r": "г", "t": "т", "h": "һ", "i": "іι", "k": "кκ", "n": "ո"}
+
+
+def _spelled(word: str) -> str:
+    return "".join(f"[{c}{_CONFUSABLE.get(c, '')}{_CONFUSABLE.get(c, '').upper()}]" for c in word)
+
+
+_OPEN_LIKE, _CLOSE_LIKE = "[<\u2039\u2329\u27e8\u3008\u00ab\u227a]", "[>\u203a\u232a\u27e9\u3009\u00bb\u227b]"
+# a tag in any case, look-alike letters and look-alike brackets (NFKC already folded fullwidth and small forms)
+_TAG_LIKE = re.compile(rf"{_OPEN_LIKE}\s*(/?)\s*({_spelled('answer')}|{_spelled('think')})\s*{_CLOSE_LIKE}",
+                       re.IGNORECASE)
+# the same, but only when not spelled exactly "<answer>", "</think>", ...
+_TAG_ODD = re.compile(rf"{_OPEN_LIKE}(?!(?-i:/?(?:answer|think)>))\s*/?\s*(?:{_spelled('answer')}|{_spelled('think')})"
+                      rf"\s*{_CLOSE_LIKE}", re.IGNORECASE)
+_TAG_ODD_ASCII = re.compile(r"<(?!/?(?:answer|think)>)\s*/?\s*(?i:answer|think)\s*>")
+_ASCII_CONTROL_BYTES = bytes([*range(9), 11, 12, *range(14, 32), 127])
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_KEEP_CONTROL = frozenset("\n\t\r")
+
+
+def _unicode_char(ch: str) -> str:
+    """One non-ASCII character as a reader sees it: invisible ones go, any decimal digit becomes ASCII."""
+    cat = unicodedata.category(ch)  # Cc: ASCII and C1 controls, Cf: format characters (zero-width, bidi)
+    if cat in ("Cf", "Cc", "Co", "Cs", "Cn") and ch not in _KEEP_CONTROL:
+        return ""  # zero-width joiners and spaces, bidi marks, soft hyphens: a number must not hide a digit
+    if cat == "Nd":
+        return str(unicodedata.digit(ch))
+    return ch
+
+
+class _ReaderTable(dict):
+    """``str.translate`` table, filled on first sight of each character (C-speed on the common text)."""
+
+    def __missing__(self, code: int) -> str:
+        ch = chr(code)
+        self[code] = out = _unicode_char(ch)
+        return out
+
+
+_READER = _ReaderTable()
+_SPECIAL = re.compile("[" + "".join(_SUPER) + "".join(_SUB) + "\u00bc-\u00be\u2150-\u215e\u2189]")
+
+
+def _vulgar(m: re.Match) -> str:
+    num, _, den = unicodedata.normalize("NFKC", m.group(2)).partition("\u2044")
+    return f"{m.group(1)} {num}/{den or 1}" if m.group(1) else f"{num}/{den or 1}"
+
+
+def _tag(m: re.Match) -> str:
+    return f"<{m.group(1)}{'answer' if len(m.group(2)) == 6 else 'think'}>"
+
+
+def normalize_text(text: str) -> str:
+    """A completion as a reader sees it: NFKC (fullwidth forms, mathematical digits), superscripts as ``^{..}`` and
+    subscripts as ``_{..}`` (``3²`` is ``3^{2}``, not 32), vulgar fractions as ``a/b`` (``3½`` is the mixed number
+    ``3 1/2``), every decimal digit as ASCII, zero-width and control characters removed, and answer/think tags in
+    any case or look-alike bracket spelled ``<answer>``, so a second block in another spelling is a second answer.
+
+    Example:
+        >>> normalize_text("<Answer>３²</ANSWER>")
+        '<answer>3^{2}</answer>'
+    """
+    if not text.isascii():  # the common case skips every Unicode step
+        if _SPECIAL.search(text):
+            text = _SUPER_RUN.sub(lambda m: "^{" + "".join(_SUPER[c] for c in m.group(0)) + "}", text)
+            text = _SUB_RUN.sub(lambda m: "_{" + "".join(_SUB[c] for c in m.group(0)) + "}", text)
+            text = _VULGAR.sub(_vulgar, text)
+        text = text.translate(_READER)
+        if not unicodedata.is_normalized("NFKC", text):
+            text = unicodedata.normalize("NFKC", text)
+        text = text.replace("\u2044", "/").replace("\u2215", "/")
+        if _TAG_ODD.search(text):
+            text = _TAG_LIKE.sub(_tag, text)
+        return text
+    # ASCII, every completion: bytes.translate and a literal-prefix regex are several times faster than a scan
+    # with a character class (this path must not slow down the GSM8K-style in-process path)
+    if len(text.encode().translate(None, _ASCII_CONTROL_BYTES)) != len(text):
+        text = _ASCII_CONTROL.sub("", text)
+    if _TAG_ODD_ASCII.search(text):
+        text = _TAG_LIKE.sub(_tag, text)
+    return text
 
 
 @dataclass(frozen=True)
@@ -48,11 +140,17 @@ class Extraction:
             ``unclosed`` or ``malformed`` (tags nested inside the answer block).
         tail: the text after the answer (after ``</answer>`` for r1, after the last box for boxed; for an r1 block
             that holds a box, from that box on).
+        boxes: for ``multiple_answers`` from several different boxes, their contents (``accuracy`` counts boxes
+            of equal value, ``\\boxed{\\frac{1}{2}} = \\boxed{0.5}``, as one answer).
+        context: for an r1 block that holds a box, the block's text outside its boxes (``about \\boxed{8}``:
+            ``accuracy`` reads hedges there).
     """
 
     answer: str | None
     reason: str | None
     tail: str = ""
+    boxes: tuple[str, ...] = ()
+    context: str = ""
 
 
 def box_spans(text: str) -> list[tuple[int, int, str]] | None:
@@ -130,7 +228,10 @@ def _from_boxes(text: str, tail_from: int | None) -> Extraction:
     one = single([content for _, _, content in spans])
     if one is None:
         empty = all(not content.strip() for _, _, content in spans)
-        return Extraction(None, "no_answer" if empty else "multiple_answers")
+        if empty:
+            return Extraction(None, "no_answer")
+        boxes = tuple(content.strip() for _, _, content in spans)
+        return Extraction(None, "multiple_answers", text[spans[-1][1] :] if tail_from is None else "", boxes)
     return Extraction(one, None, text[spans[-1][1] :] if tail_from is None else "")
 
 
@@ -144,12 +245,13 @@ def find_answer(text: str, answer_format: str = "r1", max_chars: int = 65536) ->
 
     Example:
         >>> find_answer("<think>6+2=8</think><answer>8</answer> So \\\\boxed{9}")
-        Extraction(answer='8', reason=None, tail=' So \\\\boxed{9}')
+        Extraction(answer='8', reason=None, tail=' So \\\\boxed{9}', boxes=())
     """
     if not isinstance(text, str):
         return Extraction(None, "no_answer")
     if len(text) > max_chars:
         return Extraction(None, "too_long")
+    text = normalize_text(text)
     if answer_format == "auto":
         answer_format = "r1" if ANSWER_OPEN in text else "boxed"
     if answer_format == "boxed":
@@ -174,7 +276,11 @@ def find_answer(text: str, answer_format: str = "r1", max_chars: int = 65536) ->
     tail = text[end + len(ANSWER_CLOSE) :]
     if BOX.search(body):  # the box is the answer; text after it inside the block is part of the tail
         boxed = _from_boxes(body, None)
-        return Extraction(boxed.answer, boxed.reason, boxed.tail + ANSWER_CLOSE + tail if boxed.answer else "")
+        after = boxed.tail + ANSWER_CLOSE + tail if boxed.answer or boxed.boxes else ""
+        spans = box_spans(body) or []
+        cuts = zip([0] + [e for _, e, _ in spans], [s for s, _, _ in spans] + [len(body)])
+        outside = " ".join(body[a:b] for a, b in cuts)
+        return Extraction(boxed.answer, boxed.reason, after, boxed.boxes, outside.strip())
     return Extraction(body.strip(), None, tail)
 
 
@@ -262,4 +368,56 @@ def stated_answers(tail: str) -> list[str]:
             out.append(span)
     rest = _MATH_SPAN.sub(" ", rest)
     out += [m.group(0) for m in _NUMBER.finditer(rest)]
+    out += [str(v) for v in number_words(rest)]
+    out += [f"({m.group(1)})" for m in _OPTION.finditer(rest)]
     return [s for s in (x.strip() for x in out) if s]
+
+
+_UNITS_WORDS = {w: i for i, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                                        "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen",
+                                        "sixteen", "seventeen", "eighteen", "nineteen", "twenty"])}
+_TENS_WORDS = {w: 10 * i for i, w in enumerate(["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy",
+                                                 "eighty", "ninety"]) if w != "_"}
+
+_SCALE_WORDS = {"hundred": 100, "thousand": 1000, "million": 10**6}
+NUMBER_WORD = re.compile(r"\b(?:" + "|".join(sorted({*_UNITS_WORDS, *_TENS_WORDS, *_SCALE_WORDS}, key=len,
+                                                       reverse=True)) + r")(?:[\s-]+(?:and[\s-]+)?(?:" +
+                          "|".join(sorted({*_UNITS_WORDS, *_TENS_WORDS, *_SCALE_WORDS}, key=len, reverse=True)) +
+                          r"))*\b", re.IGNORECASE)
+# "one" after a determiner is a pronoun ("the right one"), not a number
+_PRONOUN_ONE = re.compile(r"\b(?:the|this|that|which|each|every|any|no|some|another|other|right|correct)\s+one\b",
+                          re.IGNORECASE)
+_OPTION = re.compile(r"\(\s*([A-E])\s*\)")
+
+
+def number_words(text: str) -> list[int]:
+    """Numbers written in words (``zero`` to ``twenty``, the tens, ``hundred``, ``thousand``, ``million``).
+
+    Example:
+        >>> number_words("No wait, it is twenty-one, not one hundred and five.")
+        [21, 105]
+    """
+    text = _PRONOUN_ONE.sub(" ", text)
+    out = []
+    for m in NUMBER_WORD.finditer(text):
+        total = current = 0
+        last = ""  # kind of the previous word: "small" (0-19), "tens", "scale"
+        for word in re.findall(r"[a-z]+", m.group(0).lower()):
+            kind = ("scale" if word in _SCALE_WORDS else "tens" if word in _TENS_WORDS
+                    else "small" if word in _UNITS_WORDS else "")
+            if not kind:
+                continue  # "and"
+            if (last == "small" and kind != "scale") or (last == "tens" and kind == "tens"):
+                out.append(total + current)  # "seven eight" is two numbers, not 15
+                total = current = 0
+            if kind == "scale":
+                scale = _SCALE_WORDS[word]
+                if scale == 100:
+                    current = max(current, 1) * 100
+                else:
+                    total, current = total + max(current, 1) * scale, 0
+            else:
+                current += _TENS_WORDS[word] if kind == "tens" else _UNITS_WORDS[word]
+            last = kind
+        out.append(total + current)
+    return out

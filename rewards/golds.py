@@ -6,11 +6,13 @@ row whose gold cannot be used, so the caller can drop or report those rows witho
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
-from rewards.extract import BOX, box_spans, clean, single
+from rewards.canon import canonical
+from rewards.extract import BOX, box_spans, clean, normalize_text, single
 from rewards.numbers import RELATION, count_candidates, is_pathological, plain_value
 from rewards.sandbox import get_pool
 
@@ -26,6 +28,10 @@ class Gold:
         items: top-level candidates in the gold (``3, 4`` is 2); a prediction may not offer more.
         relation: the gold itself is an equation (``y = 2x``): compare whole, do not take its right side.
         pathological: the gold itself trips the stall guard (then predictions are not refused for it).
+        hedges: hedge words and symbols the gold itself uses (an answer may use those).
+        text_answer: the gold as lower-case words (``\\text{north}`` -> ``north``), compared in-process; else None.
+        decimal: the gold is written as an integer or a decimal (a ``%`` on the answer is then cosmetic).
+        prose: words the gold itself carries (an answer may carry those).
     """
 
     text: str
@@ -34,6 +40,10 @@ class Gold:
     items: int
     relation: bool
     pathological: bool
+    hedges: frozenset[str] = frozenset()
+    text_answer: str | None = None
+    decimal: bool = False
+    prose: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,10 +81,16 @@ class GoldError(ValueError):
         super().__init__(f"row {first.index}: {first.describe()}{more}; fix or drop the row")
 
 
+# an interval gold may be answered as an inequality ("x \\le 3" for "(-\\infty, 3]"): the class is not a hedge there
+_INTERVAL = re.compile(r"^\s*[(\[].*,.*[)\]]\s*$|.*\\infty|.*\\cup", re.DOTALL)
+_INEQUALITY = frozenset({"inequality"})
+_DECIMAL = re.compile(r"^[-+]?(?:\d[\d,]*)?(?:\.\d+)?\s*(?:\\?%)?$")
+
+
 @lru_cache(maxsize=1 << 16)
 def gold_structure(answer: str) -> Gold | str:
     """The cheap, in-process part of parsing one gold: a :class:`Gold`, or a problem reason code (str)."""
-    text = clean(answer)
+    text = clean(normalize_text(answer))
     if not text:
         return "empty"
     if BOX.search(text):
@@ -84,9 +100,14 @@ def gold_structure(answer: str) -> Gold | str:
             if one is None:
                 return "several_boxes"
             text = clean(one)
+    canon = canonical(text)  # the same reading as an answer gets: units go, \pm expands, 3\frac{1}{2} is 7/2
+    percent = text.endswith("%")
+    text = canon.text or text
     value = plain_value(text)
-    return Gold(text=text, number=value[0] if value else None, percent=text.endswith("%"),
-                items=count_candidates(text), relation=bool(RELATION.search(text)), pathological=is_pathological(text))
+    return Gold(text=text, number=value[0] if value else None, percent=percent, items=count_candidates(text),
+                relation=bool(RELATION.search(text)), pathological=is_pathological(text),
+                hedges=canon.hedges | canon.separators | (_INEQUALITY if _INTERVAL.match(text) else frozenset()),
+                text_answer=canon.text_answer, decimal=bool(_DECIMAL.match(text)), prose=canon.prose)
 
 
 _GOLD_CHECKED: dict = {}  # gold text -> math-verify's Result, so reloading a dataset does not re-parse

@@ -16,8 +16,11 @@ _THOUSANDS = re.compile(r"(?<=\d)(?:,|\{,\}|\\,| )(?=\d{3}(?!\d))")
 _FRAC = re.compile(r"^([-+]?)\\[dt]?frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))$")
 _SCI = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)[eE][-+]?\d{1,4}$")
 _ARITH_CHARS = re.compile(r"^[\d\s.+\-*/()]+$")
-# separators between candidate answers at the top level: "3 or 4", "3, 4", "3; 4", "3 \text{ or } 4"
-_CANDIDATE_SEP = re.compile(r",|;|\\text\{\s*(?:or|and)\s*\}|\b(?:or|and)\b|\\(?:lor|vee)\b")
+# separators between candidate answers at the top level: "3 or 4", "3, 4", "3; 4", "3 \text{ or } 4", "7 to 8",
+# lines and LaTeX line breaks ("7 \\ 8"; a matrix's rows are inside its environment, see _ENV), and two numbers
+# side by side ("7 8"; thousands groups such as "1 234" are joined first)
+_CANDIDATE_SEP = re.compile(r",|;|\n|\\\\|(?<=\d)[ \t]+(?=\d)|\\text\{\s*(?:or|and|to)\s*\}|\b(?:or|and|to)\b|\\(?:lor|vee)\b")
+_ENV = re.compile(r"\\begin\{(\w+\*?)\}.*?\\end\{\1\}", re.DOTALL)
 RELATION = re.compile(r"(?<![<>!\\])=(?!=)")  # a plain "=", not <=, >=, != or \neq
 _NAME = re.compile(r"^\s*\\?[A-Za-z]{1,10}(?:_\{?\w+\}?)?(?:\s*\(\s*\\?[A-Za-z]+\s*\))?\s*$")
 # Pathological inputs for a CAS: exponents inside exponents, huge exponent or factorial literals.
@@ -107,8 +110,12 @@ def is_pathological(s: str) -> bool:
 
 
 def count_candidates(s: str) -> int:
-    """Top-level candidate answers in ``s``: ``3 or 4`` and ``3, 4`` are 2; ``(3, 4)`` and ``1,234`` are 1."""
+    """Top-level candidate answers in ``s``: ``3 or 4``, ``3, 4``, ``7 to 8`` and two lines are 2; ``(3, 4)``,
+    ``1,234`` and a matrix are 1."""
     s = _THOUSANDS.sub("", s)
+    if "\\begin" in s:
+        s = _ENV.sub("M", s)
+    s = s.strip()
     depth, count, i = 0, 1, 0
     while i < len(s):
         ch = s[i]
@@ -118,7 +125,7 @@ def count_candidates(s: str) -> int:
             depth -= 1
         elif depth == 0:
             m = _CANDIDATE_SEP.match(s, i)
-            if m and (m.group(0)[0] not in "ao" or (i == 0 or not s[i - 1].isalnum())):
+            if m and (m.group(0)[0] not in "aot" or (i == 0 or not s[i - 1].isalnum())):
                 count += 1
                 i = m.end()
                 continue

@@ -147,7 +147,7 @@ REASONS = {
     "tag inside": (r1("12<think"), "12", Reason.MALFORMED, "extract"),
     "too long": (r1("1" * 70000), "12", Reason.TOO_LONG, "extract"),
     "tower": (r1("9^{9^{9}}"), "\\sqrt{2}", Reason.REFUSED_PATHOLOGICAL, "guard"),
-    "partial parse": (r1("1 + \\frac{1}{\\mathrm{e}}"), "1-\\frac{1}{e}", Reason.UNPARSABLE, "cas"),
+    "partial parse": (r1("1 + \\frac{1}{\\mathrm{e}}"), "1-\\frac{1}{e}", Reason.PARTIAL_PARSE, "cas"),
     "bad gold": (r1("12"), "", Reason.BAD_GOLD, "extract"),
 }
 
