@@ -41,7 +41,7 @@ from rewards.registry import (
 
 # isort: split
 # Import the built-ins so they register themselves (they import rewards.registry, never this package: no circle).
-from rewards import accuracy, countdown, format, overlong
+from rewards import accuracy, countdown, format_reward, overlong
 from rewards.calling import TrainerState, accepts_messages
 
 # The built-ins read text; registered wrapped, they also take TRL's conversational completions (template: chat).

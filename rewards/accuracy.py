@@ -1,7 +1,7 @@
 """``accuracy``: is the single final answer right? Hack-resistant, exact for numbers, bounded in time, explained.
 
 Extraction (``answer_format``, see :mod:`rewards.extract`): ``r1`` (default; the single ``<answer>`` block, its
-box if any), ``boxed`` or ``auto``, read after :func:`rewards.extract.normalize_text` (tags in any case or
+box if any), ``boxed`` or ``auto``, read after :func:`rewards.normalize.normalize_text` (tags in any case or
 look-alike spelling are tags). Several answer blocks, tags nested inside the block, an unclosed block, or a
 block inside an open ``<think>`` score 0. Several different boxed values (``\\boxed{1}\\boxed{2}``; equal values
 such as ``\\boxed{\\frac{1}{2}} = \\boxed{0.5}`` are one) or several candidate answers (``3 or 4``, two lines,
@@ -47,19 +47,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-# boxed_contents, extract_answer, check_golds, parse_gold(s): imported from here before extract/golds existed
+from rewards.after_answer import other_answer_after, retracted
 from rewards.canon import Canon, canonical, containers_compare, hedges_around, same_value
-from rewards.extract import (  # noqa: F401
-    ANSWER_FORMATS,
-    Extraction,
-    boxed_contents,
-    clean,
-    extract_answer,
-    find_answer,
-    stated_answers,
-)
-from rewards.golds import Gold, GoldProblem, check_golds, gold_structure, parse_gold, parse_golds  # noqa: F401
-from rewards.numbers import count_candidates, is_pathological, plain_value, split_relation
+from rewards.exact import count_candidates, is_pathological, plain_value, split_relation
+from rewards.extract import ANSWER_FORMATS, Extraction, clean, find_answer
+from rewards.golds import Gold, GoldProblem, gold_structure
 from rewards.registry import annotate, register, report
 from rewards.sandbox import get_pool
 
@@ -218,68 +210,6 @@ def judge_locally(gold: Gold, answer: str, max_answer_chars: int = 1000) -> Loca
     return LocalVerdict(None, tuple(checks), path="cas")
 
 
-def _same_answer(stated: str, answer: str) -> bool:
-    """Does text after the answer state the same answer (same cleaned text, or the same plain number)?"""
-    a, b = clean(stated), clean(answer)
-    sides = split_relation(b) or [b]
-    stated_sides = split_relation(a) or [a]
-    flat = lambda x: "".join(x.split())
-    if flat(stated_sides[-1]) in (flat(b), flat(sides[-1])):
-        return True
-    va, vb = plain_value(stated_sides[-1]), plain_value(sides[-1])
-    if va is not None and vb is not None and va[0] == vb[0]:
-        return True
-    letter = lambda x: re.sub(r"\\text\{(.*)\}", r"\1", flat(x)).strip("()").upper()
-    return len(letter(a)) == 1 and letter(a) == letter(b)  # "(B)" after the answer "B" or "\text{(B)}"
-
-
-# Words that take the answer back without stating another one: "<answer>8</answer> No wait, that's wrong."
-_RETRACTION = re.compile(r"\b(?:wait|wrong|incorrect|mistaken?|actually|instead|scratch that|not (?:right|correct)|"
-                         r"recalculat\w*|re-?check\w*|redo|oops)\b", re.IGNORECASE)
-
-
-def retracted(tail: str) -> bool:
-    """True when the text after the answer takes it back (``No wait, that's wrong``), with or without a number.
-
-    Example:
-        >>> retracted(" No wait, that is wrong."), retracted(" I hope this helps.")
-        (True, False)
-    """
-    return bool(_RETRACTION.search(tail))
-
-
-def _without_restatements(tail: str, answer: str) -> str:
-    """``tail`` with each whole-token copy of ``answer`` blanked: "So the answer is \\frac{11}{6}." restates it (it
-    states no 11 and no 6), while "33" does not restate "3" (str.find, not a regex compiled per answer)."""
-    if not answer:
-        return tail
-    out, start = [], 0
-    i = tail.find(answer)
-    while i >= 0:
-        end = i + len(answer)
-        before, after = tail[i - 1 : i], tail[end : end + 2]
-        whole = not (before.isalnum() or before in (".", ",", "\\", "_")) and not (
-            after[:1].isalnum() or after[:1] in ("{", "^", "_") or (after[:1] in ".," and after[1:2].isdigit()))
-        if whole:
-            out.append(tail[start:i] + " ")
-            start = end
-        i = tail.find(answer, end if whole else i + 1)
-    return "".join(out) + tail[start:]
-
-
-def other_answer_after(tail: str, answer: str) -> bool:
-    """True when the text after the answer states a different answer (a box, a math span or a number).
-
-    Example:
-        >>> other_answer_after(" Actually, the final answer is 13.", "12"), other_answer_after(" So 12.", "12")
-        (True, False)
-    """
-    if not tail.strip():
-        return False
-    tail = _without_restatements(tail, answer.strip())
-    return any(not _same_answer(s, answer) for s in stated_answers(tail))
-
-
 _VERDICTS: OrderedDict[tuple, Reason] = OrderedDict()  # (gold text, checks) -> reason; LRU, shared by threads
 _VERDICTS_LOCK = threading.Lock()
 _VERDICTS_MAX = 1 << 16
@@ -304,6 +234,16 @@ def _verdict(reason: Reason, answer: str | None, path: str, seconds: float) -> V
     return Verdict(1.0 if reason is Reason.RIGHT else 0.0, reason, answer, path, seconds)
 
 
+def _check_options(answer_format: str, after_answer: str, deadline_s: float) -> None:
+    """The reward's own kwargs; a bad value is one ValueError line naming it and the accepted values."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"accuracy: answer_format must be one of {', '.join(ANSWER_FORMATS)}; got {answer_format!r}")
+    if after_answer not in AFTER_ANSWER:
+        raise ValueError(f"accuracy: after_answer must be one of {', '.join(AFTER_ANSWER)}; got {after_answer!r}")
+    if not deadline_s > 0:
+        raise ValueError(f"accuracy: deadline_s must be > 0 seconds, got {deadline_s!r}")
+
+
 def judge(completions: list[str], answer: list[str], answer_format: str = "r1", after_answer: str = "strict",
           max_completion_chars: int = 65536, max_answer_chars: int = 1000, deadline_s: float = 3.0,
           workers: int | None = None) -> list[Verdict]:
@@ -314,12 +254,7 @@ def judge(completions: list[str], answer: list[str], answer_format: str = "r1", 
         >>> [v.reason.value for v in judge(["<answer>12</answer> \\\\boxed{13}", "<answer>12</answer>"], ["12", "12"])]
         ['other_answer_after', 'right']
     """
-    if answer_format not in ANSWER_FORMATS:
-        raise ValueError(f"accuracy: answer_format must be one of {', '.join(ANSWER_FORMATS)}; got {answer_format!r}")
-    if after_answer not in AFTER_ANSWER:
-        raise ValueError(f"accuracy: after_answer must be one of {', '.join(AFTER_ANSWER)}; got {after_answer!r}")
-    if not deadline_s > 0:
-        raise ValueError(f"accuracy: deadline_s must be > 0 seconds, got {deadline_s!r}")
+    _check_options(answer_format, after_answer, deadline_s)
     out: list[Verdict | None] = [None] * len(completions)
     jobs: dict[tuple, list[int]] = {}
     preds: list[str | None] = [None] * len(completions)

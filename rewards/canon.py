@@ -1,13 +1,13 @@
 """The canonical answer: one reading of an extracted final answer, made before any comparison.
 
-:func:`rewards.extract.find_answer` finds the answer (after :func:`rewards.extract.normalize_text`: NFKC, look-alike
+:func:`rewards.extract.find_answer` finds the answer (after :func:`rewards.normalize.normalize_text`: NFKC, look-alike
 tags, zero-width characters, superscripts); this module turns that answer into what is compared, on the answer and
 the gold alike:
 
 - **hedges** (:data:`HEDGE_WORDS`, :data:`HEDGE_SYMBOLS`): ``about 8``, ``at least 8``, ``8 (not 7)``, ``~8``,
   ``\\approx 8`` score 0 (reason ``hedged``) unless the gold itself uses the word or symbol;
 - **candidates**: lines, ``\\\\`` outside a matrix, ``,``, ``;``, ``or``, ``and``, ``to`` separate candidates
-  (:func:`rewards.numbers.count_candidates`); more than the gold holds scores 0;
+  (:func:`rewards.exact.count_candidates`); more than the gold holds scores 0;
 - **cosmetics that go**: a lead-in (``the answer is``), units and currency (:data:`UNITS`, ``\\$``, ``€``, ``°``, in
   ``\\text{}``, ``\\mbox{}`` or plain, with ``^2``/``^3``, ``per week``), and one plain noun after a single number
   (``18 apples``); any other prose left over scores 0 (reason ``partial_parse``), as does anything math-verify is
@@ -16,7 +16,7 @@ the gold alike:
   (``0.\\overline{3}`` is 1/3), ``a \\pm b`` as the two items ``a+b, a-b``;
 - **text answers** (``\\text{north}``, ``(C)``) compare case-insensitively, in-process.
 
-Imports ``rewards.extract`` and ``rewards.numbers`` only.
+Imports ``rewards.extract`` and ``rewards.exact`` only.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from rewards.extract import NUMBER_WORD, clean, number_words
-from rewards.numbers import plain_value
+from rewards.exact import plain_value
 
 # Units and currency words that are cosmetic after a number (singular and plural forms, case-insensitive).
 UNITS = ("mm", "cm", "km", "m", "meters?", "metres?", "centimeters?", "centimetres?", "kilometers?", "millimeters?",

@@ -12,8 +12,9 @@ from fractions import Fraction
 from functools import lru_cache
 
 from rewards.canon import canonical
-from rewards.extract import BOX, box_spans, clean, normalize_text, single
-from rewards.numbers import RELATION, count_candidates, is_pathological, plain_value
+from rewards.exact import RELATION, count_candidates, is_pathological, plain_value
+from rewards.extract import BOX, box_spans, clean, single
+from rewards.normalize import normalize_text
 from rewards.sandbox import get_pool
 
 

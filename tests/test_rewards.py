@@ -16,11 +16,14 @@ import pytest
 import torch
 
 import rewards
-from rewards.accuracy import accuracy_reward, boxed_contents, extract_answer, parse_gold, parse_golds, plain_value
+from rewards.accuracy import accuracy_reward
 from rewards.arith import ArithError, evaluate
 from rewards.combine import RewardError, build_rewards, score
 from rewards.countdown import countdown_reward
-from rewards.format import format_reward, tag_count_reward
+from rewards.exact import plain_value
+from rewards.extract import boxed_contents, extract_answer
+from rewards.format_reward import format_reward, tag_count_reward
+from rewards.golds import parse_gold, parse_golds
 from rewards.overlong import overlong_penalty, overlong_reward
 
 

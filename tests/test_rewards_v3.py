@@ -9,9 +9,11 @@ from fractions import Fraction
 import pytest
 
 from rewards import explain
-from rewards.accuracy import Reason, judge, other_answer_after, retracted
+from rewards.accuracy import Reason, judge
+from rewards.after_answer import other_answer_after, retracted
 from rewards.canon import canonical, containers_compare, exact_leaves, expand_pm, hedges_in
-from rewards.extract import find_answer, normalize_text, number_words, stated_answers
+from rewards.extract import find_answer, number_words, stated_answers
+from rewards.normalize import normalize_text
 
 
 def r1(answer: str, after: str = "") -> str:
@@ -49,6 +51,8 @@ LINES = {
     "side by side": ("7 8", "8"),
     "number words side by side": ("seven eight", "15"),
     "two math spans": ("$7$ $8$", "8"),
+    "a lone bar": ("8 | 9", "9"),
+    "mid": ("8 \\mid 9", "9"),
 }
 PARTIAL = {
     "zero-width inside": ("8\u200b1", "8"),

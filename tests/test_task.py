@@ -20,7 +20,7 @@ from grpo.tasks.arithmetic import (
     solution_steps,
 )
 from rewards.accuracy import accuracy_reward
-from rewards.format import format_reward
+from rewards.format_reward import format_reward
 
 
 def test_prompt_and_solutions_text():

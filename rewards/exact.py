@@ -19,7 +19,9 @@ _ARITH_CHARS = re.compile(r"^[\d\s.+\-*/()]+$")
 # separators between candidate answers at the top level: "3 or 4", "3, 4", "3; 4", "3 \text{ or } 4", "7 to 8",
 # lines and LaTeX line breaks ("7 \\ 8"; a matrix's rows are inside its environment, see _ENV), and two numbers
 # side by side ("7 8"; thousands groups such as "1 234" are joined first)
-_CANDIDATE_SEP = re.compile(r",|;|\n|\\\\|(?<=\d)[ \t]+(?=\d)|\\text\{\s*(?:or|and|to)\s*\}|\b(?:or|and|to)\b|\\(?:lor|vee)\b")
+_CANDIDATE_SEP = re.compile(r",|;|\n|\\\\|(?<=\d)[ \t]+(?=\d)|\\text\{\s*(?:or|and|to)\s*\}|\b(?:or|and|to)\b|"
+                            r"\\(?:lor|vee|mid)\b")
+_BAR = re.compile(r"(?<!\\)\|")  # absolute-value bars come in pairs; a lone one separates ("8 | 9")
 _ENV = re.compile(r"\\begin\{(\w+\*?)\}.*?\\end\{\1\}", re.DOTALL)
 RELATION = re.compile(r"(?<![<>!\\])=(?!=)")  # a plain "=", not <=, >=, != or \neq
 _NAME = re.compile(r"^\s*\\?[A-Za-z]{1,10}(?:_\{?\w+\}?)?(?:\s*\(\s*\\?[A-Za-z]+\s*\))?\s*$")
@@ -110,8 +112,8 @@ def is_pathological(s: str) -> bool:
 
 
 def count_candidates(s: str) -> int:
-    """Top-level candidate answers in ``s``: ``3 or 4``, ``3, 4``, ``7 to 8`` and two lines are 2; ``(3, 4)``,
-    ``1,234`` and a matrix are 1."""
+    """Top-level candidate answers in ``s``: ``3 or 4``, ``3, 4``, ``7 to 8``, ``8 | 9`` and two lines are 2;
+    ``(3, 4)``, ``1,234``, ``|-3|`` and a matrix are 1."""
     s = _THOUSANDS.sub("", s)
     if "\\begin" in s:
         s = _ENV.sub("M", s)
@@ -130,7 +132,7 @@ def count_candidates(s: str) -> int:
                 i = m.end()
                 continue
         i += 1
-    return count
+    return count + len(_BAR.findall(s)) % 2
 
 
 def split_relation(s: str) -> list[str] | None:
