@@ -114,7 +114,7 @@ def verdict(f: Findings, cfg: GRPOConfig) -> tuple[bool, str]:
                       f"{f.compliant:.2f}); training can learn from them")
     where = WHERE.get(f.answer_format, "an answer")
     n_ok = round(f.compliant * f.n)
-    if f.truncated > 0.5 and n_ok < f.n:
+    if f.truncated > 0.5 and f.compliant < 0.5:  # the answer would have come later: cut off, not unable
         return False, (f"{f.truncated:.0%} of completions hit max_completion_length {cfg.max_completion_length} "
                        f"before ending; only {n_ok} of {f.n} contain {where}: raise max_completion_length")
     if n_ok == 0:

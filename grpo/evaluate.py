@@ -235,8 +235,12 @@ def _preflight(args: argparse.Namespace, s: dict[str, Any]) -> Any:
     for flag in ("batch_size", "max_new_tokens", "pass_k"):
         if s[flag] < 1:
             raise ValueError(f"--{flag} must be >= 1, got {s[flag]}")
+    rewards = dict(s["rewards"] or {s["reward"]: 1.0})
+    if s["reward"] in rewards and s["reward_kwargs"]:  # check the kwargs that will score, --reward_kwargs included
+        spec = rewards[s["reward"]]
+        rewards[s["reward"]] = {**(spec if isinstance(spec, dict) else {"weight": spec}), "kwargs": s["reward_kwargs"]}
     cfg = GRPOConfig(model_name_or_path=args.model, task=s["task"], task_kwargs=s["task_kwargs"],
-                     rewards=s["rewards"] or {s["reward"]: 1.0}, eval_reward=s["reward"], eval_pass_k=s["pass_k"],
+                     rewards=rewards, eval_reward=s["reward"], eval_pass_k=s["pass_k"],
                      # the context check applies to an explicit --max_new_tokens or recipe budget, not the default
                      max_completion_length=s["max_new_tokens"] if s.get("explicit_budget") else 1,
                      temperature=s["temperature"],

@@ -36,7 +36,7 @@ def sums_rows(min_a: int, max_a: int, min_b: int, max_b: int, op: str) -> list[d
 
 
 @register_task("sums")
-def sums_task(min_a: int = 1, max_a: int = 9, min_b: int = 1, max_b: int = 9, op: str = "+", num_eval: int = 128,
+def sums_task(min_a: int = 1, max_a: int = 20, min_b: int = 1, max_b: int = 20, op: str = "+", num_eval: int = 64,
               template: str = "chat", system_prompt: str | None = None, prefill_think: bool = False,
               eval_only: bool = False) -> Task:
     """Sums (``op: "+"``) or differences (``op: "-"``) of a in ``min_a..max_a`` and b in ``min_b..max_b``.
