@@ -2,10 +2,11 @@
 
 Extraction (``answer_format``, see :mod:`rewards.extract`): ``r1`` (default; the single ``<answer>`` block, its
 box if any), ``boxed`` or ``auto``; or ``last_number`` (:mod:`rewards.last_number`: the last number of the
-completion, for instruct models that answer in prose; it cannot tell a hedge from an answer). Several answer blocks, tags nested inside the block, an unclosed block, or a
-block inside an open ``<think>`` score 0. Several different boxed values (``\\boxed{1}\\boxed{2}``) or several
-candidate answers (``3 or 4``, ``3, 4`` when the gold is one value) score 0. An equation counts only for its
-last side and only if every numeric side agrees (``x = 42`` is 42; ``41 = 42`` scores 0).
+completion, for instruct models that answer in prose; it cannot tell a hedge from an answer). Several answer
+blocks, tags nested inside the block, an unclosed block, or a block inside an open ``<think>`` score 0. Several
+different boxed values (``\\boxed{1}\\boxed{2}``) or several candidate answers (``3 or 4``, ``3, 4`` when the gold
+is one value) score 0. An equation counts only for its last side and only if every numeric side agrees (``x = 42``
+is 42; ``41 = 42`` scores 0).
 
 Text after the answer (``after_answer``): with ``strict`` (default), a box, a math span or a number after the
 final ``</answer>`` (r1) or after the last box (boxed) that differs from the extracted answer scores 0

@@ -77,7 +77,8 @@ def test_evaluate_reward_kwargs_against_system_prompt(capsys):
     base = ["models/tiny-base", "--task", "sums", "--task_kwargs", "{template: chat, system_prompt: qwen_math}"]
     assert main([*base, "--reward_kwargs", "{answer_format: r1}"]) == 2  # stops before any model loads
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "answer_format: r1" in err[0] and "set rewards.accuracy.kwargs.answer_format: boxed" in err[0]
+    assert len(err) == 1 and "answer_format: r1" in err[0]
+    assert "set rewards.accuracy.kwargs.answer_format: boxed" in err[0]
     # last_number reads any template and is accepted; a format template that contradicts the prompt is not
     assert main([*base, "--reward_kwargs", "{answer_format: last_number}", "--format_kwargs", "{template: r1}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
