@@ -114,9 +114,9 @@ def verdict(f: Findings, cfg: GRPOConfig) -> tuple[bool, str]:
                       f"{f.compliant:.2f}); training can learn from them")
     where = WHERE.get(f.answer_format, "an answer")
     n_ok = round(f.compliant * f.n)
-    if f.truncated > 0.5 and f.compliant < 0.5:  # the answer would have come later: cut off, not unable
-        return False, (f"{f.truncated:.0%} of completions hit max_completion_length {cfg.max_completion_length} "
-                       f"before ending; only {n_ok} of {f.n} contain {where}: raise max_completion_length")
+    cut = f"{f.truncated:.0%} of completions hit max_completion_length {cfg.max_completion_length}"
+    if f.truncated > 0.5 and 0 < f.compliant < 0.5:  # the answer would have come later: cut off, not unable
+        return False, f"{cut} before ending; only {n_ok} of {f.n} contain {where}: raise max_completion_length"
     if n_ok == 0:
         fix = "try answer_format: last_number"
         if cfg.task_kwargs.get("template") == "chat" and not cfg.task_kwargs.get("system_prompt"):
@@ -125,6 +125,8 @@ def verdict(f: Findings, cfg: GRPOConfig) -> tuple[bool, str]:
             fix = f"try a template that asks for {where}, or answer_format: last_number"
         if f.last_number_acc is not None:
             fix += f" (it scores {f.last_number_acc:.2f} on these same completions)"
+        if f.truncated > 0.5:  # both may hold: a model that rambles past the budget and never writes the format
+            fix += f"; {cut}, so also try a larger max_completion_length"
         return False, f"{n_ok} of {f.n} completions contain {where}: the model does not follow this template; {fix}"
     acc = f.reward_mean.get(f.eval_reward, 0.0)
     if acc >= 1.0 - 1e-6:

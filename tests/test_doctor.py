@@ -59,6 +59,11 @@ VERDICTS = [  # (name, findings, has signal, words in the verdict)
     ("signal", {}, True, "signal: 4 of 4 groups"),
     ("gold cannot score", {"gold_scores": {"accuracy": 0.0}}, False, "the verifier cannot give credit"),
     ("truncated", {"flat_groups": 1.0, "truncated": 0.9, "compliant": 0.1}, False, "raise max_completion_length"),
+    ("no format and truncated", {"flat_groups": 1.0, "truncated": 0.8, "compliant": 0.0, "answer_format": "boxed",
+                                 "last_number_acc": 0.28},
+     False, ("contain \\boxed{}: the model does not follow this template; try a template that asks for \\boxed{}, or "
+            "answer_format: last_number (it scores 0.28 on these same completions); 80% of completions hit "
+            "max_completion_length 96, so also try a larger")),
     ("no format", {"flat_groups": 1.0, "compliant": 0.0, "reward_mean": {"accuracy": 0.0}, "last_number_acc": 0.6},
      False, "0 of 32 completions contain an <answer> block"),
     ("too easy", {"flat_groups": 1.0, "reward_mean": {"accuracy": 1.0}}, False, "too easy"),
