@@ -3,6 +3,7 @@
     accelerate launch train.py                                  # the embedded default: tiny model, CPU, minutes
     accelerate launch train.py --config configs/default.yaml --max_steps 50 --output_dir runs/x
     python train.py --help                                      # every config key
+    python train.py --doctor --config X                         # will this run have signal? (grpo/doctor.py)
 
 The flow reads top to bottom: ``load_config`` (parse and check values, no side effects) -> ``preflight``
 (output folder, checkpoint to resume, model files, rewards, the task built once) -> ``Trainer(cfg, task).train()``.
@@ -51,6 +52,10 @@ def fail(message: str, code: int, every_rank: bool = True) -> int:
 
 def main(argv: list[str]) -> int:
     """Run training with ``argv`` (the command line without the program name). Returns the exit code."""
+    if "--doctor" in argv:  # sample and score a few prompts, train nothing: exit 0 with signal, 3 without
+        from grpo.doctor import main as doctor
+
+        return doctor([a for a in argv if a != "--doctor"])
     if any(a in ("-h", "--help") for a in argv):
         print(help_text())
         return 0

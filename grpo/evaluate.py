@@ -127,6 +127,36 @@ def eval_options(cfg: GRPOConfig, task: Task | None = None) -> dict[str, Any]:
             "format_fn": _reward_with_kwargs("format", cfg.rewards, defaults.get("format")), "pass_k": cfg.eval_pass_k}
 
 
+def template_overrides(task: Any, defaults: dict[str, dict], explicit: dict[str, dict]) -> list[str]:
+    """Check explicit reward kwargs against the answer format the task's template (or ``system_prompt``) implies.
+
+    A kwarg that contradicts it (``answer_format: r1`` on a boxed prompt) is an error; ``auto`` and
+    ``last_number`` read any template and win, with a note saying so (never silently).
+
+    Returns:
+        the note lines to print.
+
+    Raises:
+        ConfigError: naming the kwarg, the template and the value to set.
+    """
+    from grpo.errors import ConfigError
+
+    style = f"system_prompt {task.system_prompt}" if task.template == "chat" else f"template {task.template}"
+    notes = []
+    for name, kwargs in explicit.items():
+        for key, want in defaults.get(name, {}).items():
+            have = kwargs.get(key, want)
+            if have == want:
+                continue
+            if have in ("auto", "last_number"):
+                notes.append(f"note: {name} scores with {key}: {have} (given), not the {want} that {style} implies")
+                continue
+            also = " (or last_number / auto)" if key == "answer_format" else ""
+            raise ConfigError(f"{name} kwargs {key}: {have} contradicts the {style}, which asks for {key}: {want}; "
+                              f"set {key}: {want}{also}, or change the template")
+    return notes
+
+
 # --- the standalone command ----------------------------------------------------------------------------
 
 
@@ -210,12 +240,17 @@ def _preflight(args: argparse.Namespace, s: dict[str, Any]) -> Any:
     for flag in ("batch_size", "max_new_tokens", "pass_k"):
         if s[flag] < 1:
             raise ValueError(f"--{flag} must be >= 1, got {s[flag]}")
+    rewards = dict(s["rewards"] or {s["reward"]: 1.0})
+    if s["reward"] in rewards and s["reward_kwargs"]:  # check the kwargs that will score, --reward_kwargs included
+        spec = rewards[s["reward"]]
+        rewards[s["reward"]] = {**(spec if isinstance(spec, dict) else {"weight": spec}), "kwargs": s["reward_kwargs"]}
     cfg = GRPOConfig(model_name_or_path=args.model, task=s["task"], task_kwargs=s["task_kwargs"],
-                     rewards=s["rewards"] or {s["reward"]: 1.0}, eval_reward=s["reward"], eval_pass_k=s["pass_k"],
+                     rewards=rewards, eval_reward=s["reward"], eval_pass_k=s["pass_k"],
                      # the context check applies to an explicit --max_new_tokens or recipe budget, not the default
                      max_completion_length=s["max_new_tokens"] if s.get("explicit_budget") else 1,
                      temperature=s["temperature"],
-                     eval_batch_size=s["batch_size"], trust_remote_code=args.trust_remote_code)
+                     eval_batch_size=s["batch_size"], trust_remote_code=args.trust_remote_code,
+                     gguf_file=args.gguf_file)  # else preflight looks for config.json beside the .gguf file
     validate(cfg)
     _, task = preflight(cfg, resume=False)
     return task
@@ -232,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s = _settings(args)
         task = _preflight(args, s)
-        defaults = reward_defaults(task)  # kwargs that match the task's template; explicit ones win
+        defaults = reward_defaults(task)  # kwargs that match the task's template; explicit ones win, said aloud
+        for line in template_overrides(task, defaults, {s["reward"]: s["reward_kwargs"], "format": s["format_kwargs"]}):
+            print(line, file=sys.stderr, flush=True)
         accuracy_fn = functools.partial(reward_registry.get(s["reward"]),
                                         **{**defaults.get(s["reward"], {}), **s["reward_kwargs"]})
         format_fn = functools.partial(reward_registry.get("format"), **{**defaults.get("format", {}),

@@ -48,5 +48,5 @@ from rewards.calling import TrainerState, accepts_messages
 for _name in ("accuracy", "countdown", "format", "overlong", "tag_count"):
     register(_name)(accepts_messages(get(_name)))
 
-__all__ = ["ENTRY_POINT_GROUP", "RewardFn", "TrainerState", "accepts_messages", "accuracy", "annotate", "available", "collect_metrics", "countdown",
-           "format", "get", "overlong", "register", "report"]
+__all__ = ["ENTRY_POINT_GROUP", "RewardFn", "TrainerState", "accepts_messages", "accuracy", "annotate", "available",
+           "collect_metrics", "countdown", "format_reward", "get", "overlong", "register", "report"]

@@ -2,11 +2,12 @@
 
 Extraction (``answer_format``, see :mod:`rewards.extract`): ``r1`` (default; the single ``<answer>`` block, its
 box if any), ``boxed`` or ``auto``, read after :func:`rewards.normalize.normalize_text` (tags in any case or
-look-alike spelling are tags). Several answer blocks, tags nested inside the block, an unclosed block, or a
-block inside an open ``<think>`` score 0. Several different boxed values (``\\boxed{1}\\boxed{2}``; equal values
-such as ``\\boxed{\\frac{1}{2}} = \\boxed{0.5}`` are one) or several candidate answers (``3 or 4``, two lines,
-``3, 4`` when the gold is one value) score 0. An equation counts only for its last side and only if every
-numeric side agrees (``x = 42`` is 42; ``41 = 42`` scores 0).
+look-alike spelling are tags); or ``last_number`` (:mod:`rewards.last_number`: the last number of the completion,
+for instruct models that answer in prose; it cannot tell a hedge from an answer). Several answer blocks, tags
+nested inside the block, an unclosed block, or a block inside an open ``<think>`` score 0. Several different boxed
+values (``\\boxed{1}\\boxed{2}``; equal values such as ``\\boxed{\\frac{1}{2}} = \\boxed{0.5}`` are one) or several
+candidate answers (``3 or 4``, two lines, ``3, 4`` when the gold is one value) score 0. An equation counts only for
+its last side and only if every numeric side agrees (``x = 42`` is 42; ``41 = 42`` scores 0).
 
 The canonical reading (:mod:`rewards.canon`, the same for the answer and the gold) comes before any comparison:
 a hedge (``about 8``, ``\\approx 8``, ``8 (not 7)``) scores 0 as ``hedged``; units, currency and a lead-in go;
@@ -52,10 +53,13 @@ from rewards.canon import Canon, canonical, containers_compare, hedges_around, s
 from rewards.exact import count_candidates, is_pathological, plain_value, split_relation
 from rewards.extract import ANSWER_FORMATS, Extraction, clean, find_answer
 from rewards.golds import Gold, GoldProblem, gold_structure
+from rewards.last_number import LAST_NUMBER, find_last_number
 from rewards.registry import annotate, register, report
 from rewards.sandbox import get_pool
 
 AFTER_ANSWER = ("strict", "ignore")
+# the accuracy reward's formats: extract's (r1, boxed, auto) and lm-eval's flexible-extract (rewards/last_number.py)
+ACCURACY_FORMATS = (*ANSWER_FORMATS, LAST_NUMBER)
 
 
 class Reason(str, enum.Enum):
@@ -236,8 +240,8 @@ def _verdict(reason: Reason, answer: str | None, path: str, seconds: float) -> V
 
 def _check_options(answer_format: str, after_answer: str, deadline_s: float) -> None:
     """The reward's own kwargs; a bad value is one ValueError line naming it and the accepted values."""
-    if answer_format not in ANSWER_FORMATS:
-        raise ValueError(f"accuracy: answer_format must be one of {', '.join(ANSWER_FORMATS)}; got {answer_format!r}")
+    if answer_format not in ACCURACY_FORMATS:
+        raise ValueError(f"accuracy: answer_format must be one of {', '.join(ACCURACY_FORMATS)}; got {answer_format!r}")
     if after_answer not in AFTER_ANSWER:
         raise ValueError(f"accuracy: after_answer must be one of {', '.join(AFTER_ANSWER)}; got {after_answer!r}")
     if not deadline_s > 0:
@@ -261,7 +265,8 @@ def judge(completions: list[str], answer: list[str], answer_format: str = "r1", 
     for i, (completion, gold_text) in enumerate(zip(completions, answer)):
         t0 = time.perf_counter()
         gold = gold_structure(str(gold_text)) if gold_text is not None else "not_a_string"
-        found = find_answer(completion, answer_format, max_completion_chars)
+        found = (find_last_number(completion, max_completion_chars) if answer_format == LAST_NUMBER
+                 else find_answer(completion, answer_format, max_completion_chars))
         preds[i] = found.answer
         if not isinstance(gold, Gold):
             out[i] = _verdict(Reason.BAD_GOLD, found.answer, "extract", time.perf_counter() - t0)
@@ -328,7 +333,9 @@ def accuracy_reward(completions: list[str], answer: list[str], answer_format: st
     Args:
         completions: N completion texts.
         answer: N gold answers (strings; parsed once each and cached).
-        answer_format: ``r1`` (default), ``boxed`` or ``auto`` (see the module docstring).
+        answer_format: ``r1`` (default), ``boxed``, ``auto`` (see the module docstring) or ``last_number`` (the
+            last number in the completion, lm-eval's flexible-extract; for instruct models that answer in prose,
+            see :mod:`rewards.last_number`).
         after_answer: ``strict`` (default): a different answer stated after the final answer scores 0;
             ``ignore``: text after the answer is not read.
         max_completion_chars: longer completions score 0 unparsed.

@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from rewards.extract import NUMBER_WORD, clean, number_words
 from rewards.exact import plain_value
+from rewards.extract import NUMBER_WORD, clean, number_words
 
 # Units and currency words that are cosmetic after a number (singular and plural forms, case-insensitive).
 UNITS = ("mm", "cm", "km", "m", "meters?", "metres?", "centimeters?", "centimetres?", "kilometers?", "millimeters?",

@@ -17,8 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from rewards.accuracy import AFTER_ANSWER, Reason, Verdict, judge
-from rewards.extract import ANSWER_FORMATS
+from rewards.accuracy import ACCURACY_FORMATS, AFTER_ANSWER, Reason, Verdict, judge
 
 
 def _short(text: str, n: int = 160) -> str:
@@ -66,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--step", type=int, help="with --file: only this step")
     ap.add_argument("--limit", type=int, help="with --file: at most this many completions")
     ap.add_argument("--reason", choices=[r.value for r in Reason], help="only print verdicts with this reason")
-    ap.add_argument("--answer_format", default="r1", choices=ANSWER_FORMATS)
+    ap.add_argument("--answer_format", default="r1", choices=ACCURACY_FORMATS)
     ap.add_argument("--after_answer", default="strict", choices=AFTER_ANSWER)
     return ap
 
