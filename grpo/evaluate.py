@@ -106,10 +106,11 @@ def evaluate(model: PreTrainedModel, backend: Backend, rows: list[dict], acceler
     return out
 
 
-def _reward_with_kwargs(name: str, reward_config: dict, defaults: dict | None = None) -> RewardFn:
-    """The reward ``name`` with its kwargs: the task's defaults (``reward_defaults``) < the ``rewards:`` config."""
+def bound_reward(name: str, kwargs: dict, defaults: dict | None = None) -> RewardFn:
+    """The reward ``name`` with its kwargs bound: the task's defaults (``reward_defaults``) < ``kwargs`` (the
+    ``rewards:`` config, or ``--reward_kwargs``). The one place eval rewards are built, for training and the CLI."""
     fn = reward_registry.get(name)
-    kwargs = {**(defaults or {}), **reward_kwargs(reward_config, name)}
+    kwargs = {**(defaults or {}), **kwargs}
     return functools.partial(fn, **kwargs) if kwargs else fn
 
 
@@ -123,8 +124,10 @@ def eval_options(cfg: GRPOConfig, task: Task | None = None) -> dict[str, Any]:
     from grpo.tasks import reward_defaults
 
     defaults = reward_defaults(task) if task is not None else {}
-    return {"accuracy_fn": _reward_with_kwargs(cfg.eval_reward, cfg.rewards, defaults.get(cfg.eval_reward)),
-            "format_fn": _reward_with_kwargs("format", cfg.rewards, defaults.get("format")), "pass_k": cfg.eval_pass_k}
+    return {"accuracy_fn": bound_reward(cfg.eval_reward, reward_kwargs(cfg.rewards, cfg.eval_reward),
+                                        defaults.get(cfg.eval_reward)),
+            "format_fn": bound_reward("format", reward_kwargs(cfg.rewards, "format"), defaults.get("format")),
+            "pass_k": cfg.eval_pass_k}
 
 
 def template_overrides(task: Any, defaults: dict[str, dict], explicit: dict[str, dict]) -> list[str]:
@@ -270,10 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         defaults = reward_defaults(task)  # kwargs that match the task's template; explicit ones win, said aloud
         for line in template_overrides(task, defaults, {s["reward"]: s["reward_kwargs"], "format": s["format_kwargs"]}):
             print(line, file=sys.stderr, flush=True)
-        accuracy_fn = functools.partial(reward_registry.get(s["reward"]),
-                                        **{**defaults.get(s["reward"], {}), **s["reward_kwargs"]})
-        format_fn = functools.partial(reward_registry.get("format"), **{**defaults.get("format", {}),
-                                                                          **s["format_kwargs"]})
+        accuracy_fn = bound_reward(s["reward"], s["reward_kwargs"], defaults.get(s["reward"]))
+        format_fn = bound_reward("format", s["format_kwargs"], defaults.get("format"))
         model, tokenizer = load_for_eval(args.model, args.dtype, args.trust_remote_code, args.attn_implementation,
                                          args.gguf_file)
         rows = task.eval_rows(tokenizer)  # a chat template the tokenizer lacks is a one-line error too

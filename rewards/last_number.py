@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 
 from rewards.extract import Extraction
+from rewards.normalize import normalize_text
 
 LAST_NUMBER = "last_number"
 # a sign only where it cannot be a binary minus; thousands groups of exactly three digits; a decimal part needs
@@ -56,7 +57,7 @@ def find_last_number(text: str, max_chars: int = 65536) -> Extraction:
         return Extraction(None, "no_answer")
     if len(text) > max_chars:
         return Extraction(None, "too_long")
-    found = numbers_in(text)
+    found = numbers_in(normalize_text(text))  # as the other formats read it: "１２" is 12, a zero-width space is gone
     if not found:
         return Extraction(None, "no_answer")
     return Extraction(found[-1], None, "")

@@ -50,3 +50,9 @@ def test_extraction():
 def test_unknown_format_lists_last_number():
     with pytest.raises(ValueError, match="last_number"):
         judge(["1"], ["1"], answer_format="lastnumber")
+
+
+def test_last_number_reads_the_text_as_the_other_formats_do():
+    """Fullwidth digits and a zero-width space inside a number are read as a reader sees them (rewards.normalize)."""
+    assert find_last_number("It is \uff11\uff12").answer == "12"
+    assert find_last_number("7 + 5 = 1\u200b2.").answer == "12"
