@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from grpo.config import DEFAULT_CONFIG, PROJECT_ROOT, GRPOConfig, validate
+from grpo.config import GRPOConfig, validate
 from grpo.errors import ConfigError
+from grpo.paths import DEFAULT_CONFIG, PROJECT_ROOT
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from grpo import core, correction
 from grpo.errors import ConfigError
-from grpo.reasoning import DEFAULT_REFLECTION_WORDS
 from grpo.trackers import TRACKERS, report_to_list
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+# Words R1-style models use when they re-examine their own work. "but"/"however" are left out on purpose:
+# they are ordinary connectives in any explanation and would make the ratio meaningless.
+DEFAULT_REFLECTION_WORDS: tuple[str, ...] = (
+    "wait", "verify", "check", "recheck", "re-check", "double-check", "let me", "hmm", "mistake",
+    "reconsider", "re-evaluate", "alternatively",
+)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

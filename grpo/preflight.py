@@ -84,7 +84,7 @@ def check_backend(cfg: GRPOConfig) -> None:
 
 def check_model(cfg: GRPOConfig) -> None:
     """A local model path must exist, and completions must fit the model's context (reads config.json only)."""
-    from grpo.model import resolve_model_path
+    from grpo.paths import resolve_model_path
 
     name = cfg.model_name_or_path
     if cfg.gguf_file:

@@ -19,15 +19,8 @@ import math
 import re
 from collections.abc import Callable, Iterable
 
-from rewards.extract import THINK_CLOSE, THINK_OPEN, think_block  # noqa: F401 - the tags, defined once there
-
-# Words R1-style models use when they re-examine their own work. "but"/"however" are left out on purpose:
-# they are ordinary connectives in any explanation and would make the ratio meaningless.
-DEFAULT_REFLECTION_WORDS: tuple[str, ...] = (
-    "wait", "verify", "check", "recheck", "re-check", "double-check", "let me", "hmm", "mistake",
-    "reconsider", "re-evaluate", "alternatively",
-)
-
+from grpo.config import DEFAULT_REFLECTION_WORDS
+from rewards.extract import think_block
 
 
 def reflection_pattern(words: Iterable[str]) -> re.Pattern[str] | None:

@@ -32,7 +32,8 @@ from typing import Any
 
 from grpo.config import GRPOConfig
 from grpo.errors import ConfigError
-from grpo.model import quiet_progress, resolve_model_path
+from grpo.model import quiet_progress
+from grpo.paths import resolve_model_path
 
 
 def _qwen2(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, context: int, rope_theta: float,

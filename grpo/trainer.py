@@ -39,9 +39,9 @@ from grpo.model import (
     load_tokenizer,
     reference_context,
     resolve_dtype,
-    resolve_model_path,
     save_final,
 )
+from grpo.paths import resolve_model_path
 from grpo.precision import decode_copy_dtype, plan_for_run
 from grpo.rollout import backend_for_run
 from grpo.run_record import last_logged_eval, logged_eval, logged_step_seconds

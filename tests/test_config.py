@@ -221,7 +221,7 @@ def test_help_shows_the_values_a_bare_run_uses_and_says_config_replaces_the_reci
     import yaml
 
     from grpo.cli import help_text
-    from grpo.config import DEFAULT_CONFIG
+    from grpo.paths import DEFAULT_CONFIG
 
     text = help_text()
     bare = load_config([])

