@@ -158,6 +158,32 @@ def _fake_run(out, argv):
     (out / "run_info.json").write_text(json.dumps({"world_size": 1}))
 
 
+def test_resume_mismatch_names_every_key_and_which_side_is_the_checkpoint(tmp_path):
+    from grpo.preflight import prepare
+
+    out = tmp_path / "run"
+    _fake_run(out, [])
+    changed = ["--num_generations", "4", "--seed", "7", "--beta", "0.01", "--temperature", "0.9", "--top_k", "5"]
+    with pytest.raises(ConfigError) as e:
+        prepare(["--output_dir", str(out), *changed])
+    msg = str(e.value)
+    assert "(checkpoint's value -> this run's)" in msg and "num_generations (8 -> 4)" in msg
+    for key in ("num_generations", "seed", "beta", "temperature", "top_k"):
+        assert key in msg
+    assert "more" not in msg and "\n" not in msg
+
+
+def test_a_refused_smoke_run_leaves_no_stand_ins_in_the_other_runs_folder(tmp_path):
+    from grpo.errors import ConfigError
+    from grpo.preflight import prepare
+
+    out = tmp_path / "run"
+    _fake_run(out, [])
+    with pytest.raises(ConfigError, match="different experiment"):
+        prepare(["--output_dir", str(out), "--smoke"])
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "config.yaml", "run_info.json"]
+
+
 def test_resume_into_a_different_experiment_is_one_line(tmp_path):
     out = tmp_path / "run"
     _fake_run(out, ["--task_kwargs", "{num_eval: 16}", "--num_generations", "8"])

@@ -57,47 +57,6 @@ def test_offline_hint_names_the_current_download_command():
     assert "hf download NAME" in message
 
 
-def _fake_finished_run(out: Path, argv: list[str]) -> None:
-    """An output_dir holding a checkpoint of the run ``argv`` describes (config.yaml, run_info.json, marker)."""
-    import yaml
-
-    from grpo.cli import load_config
-    from grpo.config import to_dict
-
-    cfg = load_config(["--output_dir", str(out), *argv])
-    (out / "checkpoint-2").mkdir(parents=True)
-    (out / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
-    (out / "run_info.json").write_text(json.dumps({"world_size": 1}))
-
-
-def test_resume_mismatch_names_every_key_and_which_side_is_the_checkpoint(tmp_path):
-    from grpo.errors import ConfigError
-    from grpo.preflight import prepare
-
-    out = tmp_path / "run"
-    _fake_finished_run(out, [])
-    changed = ["--num_generations", "4", "--seed", "7", "--beta", "0.01", "--temperature", "0.9", "--top_k", "5"]
-    with pytest.raises(ConfigError) as e:
-        prepare(["--output_dir", str(out), *changed])
-    msg = str(e.value)
-    assert "(checkpoint's value -> this run's)" in msg and "num_generations (8 -> 4)" in msg
-    for key in ("num_generations", "seed", "beta", "temperature", "top_k"):
-        assert key in msg
-    assert "more" not in msg and "\n" not in msg
-
-
-def test_a_refused_smoke_run_leaves_no_stand_ins_in_the_other_runs_folder(tmp_path):
-    from grpo.errors import ConfigError
-    from grpo.preflight import prepare
-
-    out = tmp_path / "run"
-    _fake_finished_run(out, [])
-    with pytest.raises(ConfigError, match="different experiment"):
-        prepare(["--output_dir", str(out), "--smoke"])
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "config.yaml", "run_info.json"]
-
-
 def test_lora_with_gradient_checkpointing_loads_and_trains_without_noise(capfd):
     import warnings
 
