@@ -54,9 +54,11 @@ PRESETS = {
 PRESET_DEFAULTS = dict(rewards={"accuracy": 1.0, "format": 0.1}, trl_micro_batches=1)
 
 
-def digit_share(completions: list[str], **kwargs) -> list[float]:
-    """Share of a completion's characters that are digits: a reward any model, even a random one, varies on."""
-    return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]
+def digit_share(completions: list, **kwargs) -> list[float]:
+    """Share of a completion's characters that are digits: a reward any model, even a random one, varies on. Under a
+    chat template both trainers pass TRL's conversational completions (a list of messages): their text is read."""
+    texts = [c if isinstance(c, str) else "".join(m["content"] for m in c) for c in completions]
+    return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in texts]
 
 
 def reward_funcs(names: dict[str, float]) -> tuple[list, list[float]]:

@@ -132,9 +132,13 @@ def _run_one(spec: RewardSpec, completions: list, columns: dict, context: dict,
                 raise
             except Exception as e:  # noqa: BLE001
                 if spec.on_error == "raise":
+                    # a text reward under template: chat meets TRL's message lists: say so, with the fix
+                    hint = ("; under template: chat completions are message lists, as TRL passes them: read "
+                            "completion[0]['content'] or decorate the reward with @rewards.accepts_messages"
+                            if is_conversational(completions[i]) and isinstance(e, (AttributeError, TypeError)) else "")
                     raise RewardError(
                         f"reward '{spec.name}' failed on sample {i} ({completion_text(completions[i])[:60]!r}...): "
-                        f"{type(e).__name__}: {e}; fix the verifier, or set on_error: zero for it in the config"
+                        f"{type(e).__name__}: {e}{hint}; fix the verifier, or set on_error: zero for it in the config"
                     ) from None
                 out.append(0.0)
                 errors += 1

@@ -28,6 +28,7 @@ THREADS = 2
 
 
 @rewards.register("test_digit_share")
+@rewards.accepts_messages  # template chat passes TRL's conversational completions; this reward reads text
 def digit_share(completions: list[str], **kwargs) -> list[float]:
     """Share of digits in the completion: varies between samples of one prompt, so every step has signal."""
     return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]

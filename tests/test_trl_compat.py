@@ -197,3 +197,17 @@ def test_a_reward_asking_for_trl_arguments_is_not_refused_as_a_missing_column(tm
     with pytest.raises(ConfigError, match="eval_reward 'trl_style_rewards.ids_reward' needs 'completion_ids', which "
                                           "the held-out eval does not pass"):
         prepare([*base, "--eval_reward", "trl_style_rewards.ids_reward"])
+
+
+def test_a_text_reward_under_a_chat_template_is_told_the_fix():
+    """TRL passes message lists under a chat template; a reward written for text fails there, as under TRL, but with
+    one line that names the two fixes."""
+    from rewards.combine import RewardError
+
+    chat = [[{"role": "user", "content": "2+2"}]] * 2
+    with pytest.raises(RewardError, match=r"message lists, as TRL passes them: read completion\[0\]\['content'\] or "
+                                          r"decorate the reward with @rewards.accepts_messages") as e:
+        _score(["trl_style_rewards.upper_share"], chat)
+    assert "\n" not in str(e.value)
+    _, per, _, _ = _score(["trl_style_rewards.upper_share"], ["2+2"] * 2)  # the same reward on text templates
+    assert per["trl_style_rewards.upper_share"].tolist() == [0.0, 0.0]

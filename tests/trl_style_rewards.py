@@ -83,3 +83,8 @@ def record(prompts, completions, completion_ids, trainer_state, log_extra, log_m
     with open(os.environ["TRL_COMPAT_RECORD"], "a") as f:
         f.write(json.dumps(entry) + "\n")
     return [0.0] * len(completions)
+
+
+def upper_share(completions, **kwargs):
+    """A reward written for text only (str methods on each completion)."""
+    return [sum(ch.isupper() for ch in c) / max(len(c), 1) for c in completions]
