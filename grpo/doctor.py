@@ -95,9 +95,9 @@ def gold_completion(gold: str, answer_format: str, prefilled_think: bool = False
     return f"{think}{gold}</think><answer>{gold}</answer>"
 
 
-def flat_share(totals: torch.Tensor, G: int) -> float:
-    """Share of groups whose G rewards all agree. totals (B*G,) -> float."""
-    groups = totals.view(-1, G)
+def flat_share(totals: torch.Tensor, group_size: int) -> float:
+    """Share of groups whose G = ``group_size`` rewards all agree. totals (B*G,) -> float."""
+    groups = totals.view(-1, group_size)
     return (groups.max(dim=1).values - groups.min(dim=1).values <= 1e-6).float().mean().item()
 
 

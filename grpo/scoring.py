@@ -49,27 +49,29 @@ class ScoringOptions:
     share_prompts: bool = True
 
 
-def whole_groups(rows: RolloutBatch, G: int) -> bool:
-    """True when ``rows`` come as whole groups: each run of G consecutive rows holds one prompt's G copies."""
-    n = rows.prompt_ids.size(0)
+def whole_groups(rows: RolloutBatch, group_size: int) -> bool:
+    """True when ``rows`` come as whole groups: each run of G = ``group_size`` consecutive rows holds one prompt's G
+    copies."""
+    n, G = rows.prompt_ids.size(0), group_size
     if n % G:
         return False
     ids, mask = rows.prompt_ids.view(n // G, G, -1), rows.prompt_mask.view(n // G, G, -1)
     return bool((ids == ids[:, :1]).all() and (mask == mask[:, :1]).all())
 
 
-def micro_batches(prompt_mask: Tensor, completion_mask: Tensor, G: int, pieces: int) -> list[Tensor]:
+def micro_batches(prompt_mask: Tensor, completion_mask: Tensor, group_size: int, pieces: int) -> list[Tensor]:
     """Row indices of each update micro-batch: whole groups sorted by their longest row, cut into ``pieces``.
 
     Each piece pads only to its own longest row and can share each prompt's forward among its G rows.
 
     Args:
-        prompt_mask: (N, P); completion_mask: (N, T); G: rows per group; pieces: number of micro-batches
+        prompt_mask: (N, P); completion_mask: (N, T); group_size: G, rows per group; pieces: number of micro-batches
             (at most the number of groups B = N / G).
 
     Returns:
         ``pieces`` index tensors (on the masks' device), as even as whole groups allow.
     """
+    G = group_size
     lengths = (prompt_mask.sum(dim=1) + completion_mask.sum(dim=1)).cpu()  # (N,)
     group_len = lengths.view(-1, G).max(dim=1).values  # (B,)
     B = group_len.numel()
@@ -162,8 +164,8 @@ def completion_logprobs(model: torch.nn.Module, rows: RolloutBatch, options: Sco
 
 
 def shared_prefix_logits(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                         completion_mask: Tensor, G: int, inner: torch.nn.Module | None = None) -> Tensor:
-    """Logits at the completion positions, computing each prompt once for its G rows. -> (n, T', V).
+                         completion_mask: Tensor, group_size: int, inner: torch.nn.Module | None = None) -> Tensor:
+    """Logits at the completion positions, computing each prompt once for its G = ``group_size`` rows. -> (n, T', V).
 
     prompt_ids/mask (n, P'), completion_ids/mask (n, T'); rows come in whole groups of G identical prompts.
     The prompt pass builds a KV cache that keeps its autograd graph; repeated G times it feeds the completion
@@ -175,6 +177,7 @@ def shared_prefix_logits(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask
     """
     from transformers import DynamicCache
 
+    G = group_size
     inner = model if inner is None else inner
     T = completion_ids.size(1)
     cache = DynamicCache()

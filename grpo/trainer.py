@@ -127,25 +127,25 @@ class Trainer:
         return advantages_over_ranks(self.accelerator, batch.rewards, batch.group_size, self.cfg.scale_rewards,
                                      self.cfg.advantage_estimator)
 
-    def _logprobs(self, model: torch.nn.Module, rows: RolloutBatch, G: int,
+    def _logprobs(self, model: torch.nn.Module, rows: RolloutBatch, group_size: int,
                   with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         """Log-probs (n, T') of the sampled tokens of ``rows`` under ``model`` (and entropy), grpo.scoring."""
-        return scoring.completion_logprobs(model, rows, self.scoring, G, inner=self.accelerator.unwrap_model(model),
-                                           with_entropy=with_entropy)
+        return scoring.completion_logprobs(model, rows, self.scoring, group_size,
+                                           inner=self.accelerator.unwrap_model(model), with_entropy=with_entropy)
 
-    def _fixed_logprobs(self, micro: list[RolloutBatch], G: int) -> tuple[list | None, list | None]:
+    def _fixed_logprobs(self, micro: list[RolloutBatch], group_size: int) -> tuple[list | None, list | None]:
         """Old-policy (``num_iterations > 1``) and reference (``beta > 0``) log-probs per micro-batch, no grad."""
         cfg = self.cfg
         old = ref = None
         with torch.no_grad():
             if cfg.num_iterations > 1:  # with one update the sampling policy *is* the current one: ratio = 1
-                old = [self._logprobs(self.model, rows, G)[0] for rows in micro]
+                old = [self._logprobs(self.model, rows, group_size)[0] for rows in micro]
             if cfg.beta > 0:
                 if self.ref_model is not None:
-                    ref = [self._logprobs(self.ref_model, rows, G)[0] for rows in micro]
+                    ref = [self._logprobs(self.ref_model, rows, group_size)[0] for rows in micro]
                 else:  # LoRA: the reference is the base model, i.e. the policy with its adapter off
                     with reference_context(self.model):
-                        ref = [self._logprobs(self.model, rows, G)[0] for rows in micro]
+                        ref = [self._logprobs(self.model, rows, group_size)[0] for rows in micro]
         return old, ref
 
     def update(self, batch: StepBatch) -> UpdateStats:
