@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from grpo.batch import StepBatch
 from grpo.config import GRPOConfig, to_dict
 from grpo.run_record import fmt as _fmt
-from grpo.run_record import format_duration, read_jsonl, run_info, summary_lines, write_run_record
+from grpo.run_record import format_duration, read_jsonl, run_info, steps_text, summary_lines, write_run_record
 from grpo.trackers import report_to_list
 
 PROJECT_NAME = "grpo-zero"  # the W&B / trackio project; TensorBoard events go to output_dir/grpo-zero/
@@ -155,7 +155,7 @@ class MetricsLogger:
             write_run_record(self.out, run_info(self.acc, self.cfg.seed, tracker_names(self.cfg)), to_dict(self.cfg))
             self.metrics_path.write_text("")
             self.completions_path.write_text("")
-            self.console.print(f"grpo-zero: {self.cfg.max_steps} step{'' if self.cfg.max_steps == 1 else 's'}, world size {self.acc.num_processes}, "
+            self.console.print(f"grpo-zero: {steps_text(self.cfg.max_steps)}, world size {self.acc.num_processes}, "
                                f"device {self.acc.device}, output {self.out}", markup=False)
         if self.acc.log_with:
             # init_trackers runs on the main process only (accelerate's decorator); the others have none.

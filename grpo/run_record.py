@@ -133,11 +133,16 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def steps_text(n: int) -> str:
+    """``1 step``, ``60 steps``: the run's length as the console says it."""
+    return f"{n} step{'' if n == 1 else 's'}"
+
+
 def summary_lines(summary: dict, train_rows: list[dict], out: Path, files: list[str]) -> list[str]:
     """The end-of-run summary: eval start vs end, train signals first vs last steps, wall time, file paths."""
     wall = summary["wall_s"]
     steps = summary["steps"]
-    lines = [f"done: {steps} step{'' if steps == 1 else 's'} in {format_duration(wall)}"
+    lines = [f"done: {steps_text(steps)} in {format_duration(wall)}"
              + (f" ({wall:.0f}s)" if wall >= 60 else "")]
     first, last = summary.get("first_eval"), summary.get("last_eval")
     if first and last:

@@ -480,3 +480,12 @@ def test_step_line_shows_the_eval_rewards_accuracy():
     """On Countdown the accuracy column is the countdown reward (what eval/accuracy reports), not '-'."""
     line = format_step_line(1, 10, {"rewards/countdown/mean": 0.25}, accuracy_reward="countdown")
     assert "acc 0.250" in line
+
+
+def test_the_run_length_reads_as_english(tmp_path, capsys):
+    """'grpo-zero: 1 step' at the start and 'done: 1 step' at the end, not '1 steps'."""
+    from grpo.run_record import steps_text
+
+    assert (steps_text(1), steps_text(60), steps_text(0)) == ("1 step", "60 steps", "0 steps")
+    make_logger(tmp_path, max_steps=1).start()
+    assert "grpo-zero: 1 step, world size 1" in capsys.readouterr().out
