@@ -88,3 +88,25 @@ def test_evaluate_reward_kwargs_against_system_prompt(capsys):
     notes = template_overrides(task, reward_defaults(task), {"accuracy": {"answer_format": "last_number"}})
     assert notes == [("note: accuracy scores with answer_format: last_number (given), not the boxed that "
                       "system_prompt qwen_math implies")]
+
+
+@pytest.mark.slow  # the recipe's 24 steps without its two evaluations: about 5 minutes on 2 cores
+def test_the_recipe_raises_the_reward(tmp_path):
+    """``configs/smollm2-135m-sums.yaml`` as written (seed 1), evaluations off: the real model's train reward rises.
+    Measured on seeds 1-3: the mean of the first 5 steps 0.36-0.41, of the last 5 0.73; asserted with room."""
+    import os
+    import subprocess
+    import sys
+
+    _wheel()
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", RECIPE, "--output_dir", str(out),
+                           "--eval_steps", "0", "--save_final_model", "false", "--log_completions_steps", "0"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=1800,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward"] for r in rows if "reward" in r]
+    assert len(rewards) == 24
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last >= first + 0.15, (first, last, rewards)
