@@ -183,7 +183,7 @@ class Trainer:
                 loss_metrics.append(step_metrics)
         stats.grad_norm /= cfg.num_iterations
         stats.entropy = entropy[0] / max(entropy[1], 1.0)
-        stats.add_loss_metrics(mean_over_micro_batches(loss_metrics))
+        stats.add_loss_metrics(metrics.combine(loss_metrics))  # clip ratios, kl: their reduction is a mean
         stats.sampling = metrics.combine(corrections) if corrections else {}
         self.backend.sync_weights(acc.unwrap_model(self.model))
         return stats
@@ -321,13 +321,3 @@ def loss_mask(rollout: RolloutBatch, mask_truncated: bool) -> Tensor:
     if mask_truncated:
         mask = mask * (~rollout.truncated).float().unsqueeze(1).to(mask.device)
     return mask
-
-
-def mean_over_micro_batches(per_micro: list[dict[str, float]]) -> dict[str, float]:
-    """The loss metrics (clip ratios, kl) of every micro-batch and iteration, averaged: summed in order, each divided
-    by their count."""
-    out: dict[str, float] = {}
-    for step_metrics in per_micro:
-        for k, v in step_metrics.items():
-            out[k] = out.get(k, 0.0) + v / len(per_micro)
-    return out
