@@ -36,6 +36,11 @@ REDUCTIONS: dict[str, str] = {
     "sampling/importance_sampling_ratio/min": "min",
     "sampling/importance_sampling_ratio/mean": "mean",
     "sampling/importance_sampling_ratio/max": "max",
+    "async/trainer_wait_s": "max",  # async rollouts (grpo/worker): the slowest rank's wait sets the pace
+    "async/worker_wait_s": "max",
+    "async/staleness": "max",
+    "weight_sync/seconds": "max",
+    "weight_sync/bytes": "sum",
 }
 DEFAULT_REDUCTION = "sum"
 
