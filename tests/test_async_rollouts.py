@@ -275,3 +275,31 @@ def test_async_works_with_lora_iterations_and_dynamic_sampling(tmp_path, extra):
     # used by no batch of the run and are not sent
     assert rows[0]["weight_sync/bytes"] > 0 or rows[0]["skipped_update"]
     assert rows[-1]["weight_sync/bytes"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp.yaml"])
+def test_one_worker_per_rank_under_ddp_and_fsdp2(tmp_path, config):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / config),
+           "--num_processes", "2", "--mixed_precision", "no", str(ROOT / "train.py"), *SMALL, "--max_steps", "3",
+           "--output_dir", str(out), "--save_final_model", "false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [r for r in metrics(out) if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["completions/count"] == 32  # both ranks' workers sampled (16 completions each)
+    # each rank's worker samples its own prompts with its own seed, and both ranks' samples are scored
+    assert rows[-1]["async/staleness"] == 1
+    for rank in (0, 1):
+        assert load_rank_file(out / "checkpoint-3", "in_flight", rank) == {}
+
+
+@pytest.mark.slow
+def test_smoke_runs_a_recipe_with_async_rollouts(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" /
+                           "qwen2.5-0.5b-gsm8k.yaml"), "--smoke", "--async_rollouts", "true", "--output_dir", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["async/staleness"] for r in metrics(out) if "reward" in r] == [0.0, 1.0]
