@@ -86,3 +86,58 @@ def read_slot(slot: dict[str, Tensor], params: dict[str, Tensor]) -> float:
     for name, dst in params.items():
         dst.copy_(slot[name], non_blocking=False)
     return time.perf_counter() - t0
+
+
+# Engines that fuse projections (vLLM's Llama / Qwen2 / Mistral layers): engine parameter -> our parts, in the order
+# the engine concatenates them along dim 0.
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+class PushCheck:
+    """Fingerprints of the tensors pushed into an inference engine (vLLM), under the engine's parameter names, for
+    comparing with what the engine holds after the push.
+
+    Our name ``...layers.0.self_attn.q_proj.weight`` is the first part of the engine's fused ``...qkv_proj.weight``
+    (:data:`FUSED`); parts are concatenated before hashing (and each is also expected under its own name, for
+    engines that do not fuse). Each tensor is cast to the dtype of the engine's parameter
+    of that name, as the engine's loader does. Parameters the engine shards (tensor parallel) or names it maps in
+    another way do not match by shape and are left unverified (counted)."""
+
+    def __init__(self, engine_dtypes: dict[str, torch.dtype]):
+        """Args: engine_dtypes: the engine's parameter dtypes by name, read before the push."""
+        self.dtypes = engine_dtypes
+        self.expected: dict[str, str] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.parts: dict[str, dict[str, Tensor]] = {}
+
+    def add(self, name: str, tensor: Tensor) -> None:
+        """Note one pushed tensor (any shape)."""
+        owner, _, leaf = name.rpartition(".")
+        module, _, proj = owner.rpartition(".")
+        for fused, members in FUSED.items():
+            if proj in members:
+                target = f"{module}.{fused}.{leaf}"
+                parts = self.parts.setdefault(target, {})
+                parts[proj] = tensor.detach().to(self.dtypes.get(target, tensor.dtype))
+                if len(parts) == len(members):
+                    self._expect(target, torch.cat([parts[m] for m in members]))
+                    del self.parts[target]
+        # also under our own name: an engine that keeps the projections apart holds it as it is
+        self._expect(name, tensor.detach().to(self.dtypes.get(name, tensor.dtype)))
+
+    def _expect(self, name: str, tensor: Tensor) -> None:
+        self.expected[name] = tensor_fingerprint(tensor)
+        self.shapes[name] = tuple(tensor.shape)
+
+    def verify(self, engine_params: dict[str, Tensor]) -> tuple[str | None, int]:
+        """Compare with the engine's parameters after the push. -> (the first tensor whose content differs, or None;
+        how many tensors were compared)."""
+        compared = 0
+        for name, value in self.expected.items():
+            held = engine_params.get(name)
+            if held is None or tuple(held.shape) != self.shapes[name]:
+                continue  # sharded or named differently: not comparable here
+            compared += 1
+            if tensor_fingerprint(held) != value:
+                return name, compared
+        return None, compared

@@ -150,6 +150,9 @@ class FakeLLM:
             self.loaded[name] = tensor.clone()
         self.calls.append("load") if not self.calls or self.calls[-1] != "load" else None
 
+    def named_parameters(self):  # the engine's tensors, for the push check (grpo.weight_sync.PushCheck)
+        return iter(self.loaded.items())
+
     def sleep(self, level: int):
         self.calls.append(f"sleep{level}")
 
@@ -241,3 +244,48 @@ def test_outputs_without_logprobs_are_nan():
     out = types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=[4, 2], logprobs=None)])
     ids, logp = vllm_outputs_to_tensors([out], 3, 0, greedy=False, device=torch.device("cpu"))
     assert ids.tolist() == [[4, 2, 0]] and torch.isnan(logp[0, :2]).all()
+
+
+def test_a_push_that_lands_wrong_stops_the_run_naming_the_tensor(fake_vllm):
+    from grpo.errors import TrainingError
+
+    tok = AutoTokenizer.from_pretrained(TINY)
+    model = AutoModelForCausalLM.from_pretrained(TINY)
+    backend = make_backend("vllm", tok, max_completion_length=8, model_name_or_path=str(TINY))
+    llm = FakeLLM.instances[-1]
+    backend.sync_weights(model)  # an intact push passes and says how much it checked
+    assert backend.metrics()["weight_sync/verified_tensors"] == len(list(model.parameters()))
+    assert backend.metrics()["weight_sync/bytes"] == sum(p.numel() * 4 for p in model.parameters())
+    real_load = llm.load_weights
+
+    def bad_load(pairs):  # an engine that drops a bit of one tensor on the floor
+        real_load(pairs)
+        for name, _ in pairs:
+            if name.endswith("layers.1.mlp.down_proj.weight"):
+                llm.loaded[name][0, 0] += 0.5
+
+    llm.load_weights = bad_load
+    with pytest.raises(TrainingError, match=r"weight sync into vLLM: the engine's 'model.layers.1.mlp.down_proj.weight' "
+                                            "differs"):
+        backend.sync_weights(model)
+
+
+def test_push_check_reads_fused_engine_projections_and_casts_to_the_engine_dtype():
+    from grpo.weight_sync import PushCheck
+
+    ours = {f"model.layers.0.self_attn.{p}_proj.weight": torch.randn(4 if p == "q" else 2, 4) for p in "qkv"}
+    ours.update({f"model.layers.0.mlp.{p}_proj.weight": torch.randn(6, 4) for p in ("gate", "up")})
+    ours["model.norm.weight"] = torch.randn(4)
+    engine = {"model.layers.0.self_attn.qkv_proj.weight": torch.cat([ours[f"model.layers.0.self_attn.{p}_proj.weight"]
+                                                                     for p in "qkv"]).bfloat16(),
+              "model.layers.0.mlp.gate_up_proj.weight": torch.cat([ours["model.layers.0.mlp.gate_proj.weight"],
+                                                                   ours["model.layers.0.mlp.up_proj.weight"]]).bfloat16(),
+              "model.norm.weight": ours["model.norm.weight"].bfloat16()}
+    check = PushCheck({n: t.dtype for n, t in engine.items()})
+    for name, t in ours.items():
+        check.add(name, t)
+    assert check.verify(engine) == (None, 3)
+    engine["model.layers.0.mlp.gate_up_proj.weight"][7, 0] += 1  # a row of `up`
+    assert check.verify(engine) == ("model.layers.0.mlp.gate_up_proj.weight", 2)
+    sharded = {"model.norm.weight": engine["model.norm.weight"][:2]}  # tensor parallel: not comparable, not wrong
+    assert check.verify(sharded) == (None, 0)

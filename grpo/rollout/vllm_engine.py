@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from grpo.errors import TrainingError
 from grpo.rollout.base import Backend, register_backend
+from grpo.weight_sync import PushCheck
+
+log = logging.getLogger(__name__)
 
 # Our generation_kwargs names (transformers' GenerationConfig names, the ones compact and hf take) -> vLLM
 # SamplingParams names. vLLM-native names pass through as they are. Anything else is an error that says so.
@@ -127,7 +133,9 @@ class VLLMBackend(Backend):
     with ``distributed_executor_backend="external_launcher"`` (:func:`vllm_launch_env` sets the variables it
     reads) and its own seed (``seed + rank``: ranks sample different completions for their different prompts).
     Weights are pushed before the first rollout (so a run that starts from a checkpoint or resumes samples the
-    weights it trains) and after every update; a LoRA policy is pushed as merged tensors computed apart from the
+    weights it trains) and after every update, and checked after each push: the engine's tensors must have the
+    fingerprints of what was pushed (:class:`grpo.weight_sync.PushCheck`, fused qkv / gate-up included), or the run
+    stops naming the tensor; a LoRA policy is pushed as merged tensors computed apart from the
     base (:func:`vllm_weights`). With ``enable_sleep_mode`` the engine releases its weights and KV cache
     (``sleep(level=2)``) between rollouts, so the update gets the GPU memory back. Prompts are sent as token ids,
     so vLLM sees exactly the prompt the policy is trained on. The sampled tokens' log-probs (after temperature,
@@ -159,6 +167,8 @@ class VLLMBackend(Backend):
                        enable_sleep_mode=enable_sleep_mode, logprobs_mode="processed_logprobs",
                        max_num_batched_tokens=4096)  # TRL's value: vLLM's profiler misjudges memory with its default
         self.weights_stale = True  # the engine holds the checkpoint from disk, not (yet) the policy being trained
+        self.unverified_warned = False
+        self.sync_stats: dict[str, float] = {}
         if enable_sleep_mode:
             self.llm.sleep(level=2)  # level 2 drops the weights: the first rollout pushes them
 
@@ -171,10 +181,29 @@ class VLLMBackend(Backend):
         if self.enable_sleep_mode:
             self.llm.wake_up(tags=["weights"])
         engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        check = PushCheck({n: p.dtype for n, p in engine_model.named_parameters()})
+        t0, size = time.perf_counter(), 0
         for name, tensor in vllm_weights(model):
             engine_model.load_weights([(name, tensor)])  # one at a time: never a second full copy in memory
+            check.add(name, tensor)
+            size += tensor.numel() * tensor.element_size()
         self.llm.reset_prefix_cache()
+        bad, compared = check.verify(dict(engine_model.named_parameters()))
+        if bad is not None:
+            raise TrainingError(f"weight sync into vLLM: the engine's '{bad}' differs from the pushed weights after "
+                                "load_weights; it would sample from weights nobody trained. Rerun to resume from the "
+                                "last checkpoint; if it repeats, report the vLLM version and model")
+        if compared == 0 and not self.unverified_warned:
+            log.warning("vllm weight sync: no engine tensor matched a pushed one by name and shape (tensor parallel "
+                        "or an unmapped architecture): the push is not verified")
+            self.unverified_warned = True
+        self.sync_stats = {"weight_sync/seconds": time.perf_counter() - t0, "weight_sync/bytes": float(size),
+                           "weight_sync/verified_tensors": float(compared)}
         self.weights_stale = False
+
+    def metrics(self) -> dict[str, float]:
+        """The last weight push: seconds, bytes, tensors verified by fingerprint."""
+        return dict(self.sync_stats)
 
     def decode(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int,
                greedy: bool, max_new: int) -> tuple[Tensor, Tensor]:
