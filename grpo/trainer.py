@@ -272,7 +272,7 @@ class Trainer:
         self.logger.start()
         start_step, first_eval = self._resume(resume_from) if resume_from is not None else (0, None)
         stop = StopRequest()
-        with self._worker_running(start_step):  # async: the worker builds its model during the first eval
+        with self.rollout_worker(start_step):  # async: the worker builds its model during the first eval
             if resume_from is None and cfg.eval_steps:
                 first_eval = self.evaluate()
                 self.logger.log(0, first_eval)
@@ -347,7 +347,7 @@ class Trainer:
             return AsyncRollouts(self.cfg, acc.process_index, device, self.prompts_per_step, model)
 
     @contextlib.contextmanager
-    def _worker_running(self, start_step: int) -> Iterator[None]:
+    def rollout_worker(self, start_step: int) -> Iterator[None]:
         """Start the worker for this session's steps (after the batches a checkpoint held in flight, from the
         current weights) and stop it however the loop ends."""
         if self.rollouts is None:
