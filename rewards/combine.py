@@ -197,8 +197,8 @@ def batch_columns(rows: list[dict], prompts: list) -> dict[str, list]:
 
 def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], prompts: list,
           completion_lengths: list[int] | None = None, notes: list[dict] | None = None,
-          completion_ids: list[list[int]] | None = None,
-          trainer_state: TrainerState | None = None) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+          completion_ids: list[list[int]] | None = None, trainer_state: TrainerState | None = None,
+          tool_calls: list[list[dict]] | None = None) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
     """Weighted sum of rewards over N completions, each reward called as TRL calls it (``rewards.calling``).
 
     Args:
@@ -212,6 +212,9 @@ def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], pro
             (``accuracy``'s verdicts) or ``log_extra`` columns, for ``completions.jsonl``.
         completion_ids: N token-id lists (EOS included, no padding), passed as ``completion_ids``.
         trainer_state: passed as ``trainer_state`` (a default ``TrainerState()`` when ``None``).
+        tool_calls: with tools on, per completion its calls as dicts (name, arguments, output, error, seconds,
+            timed_out), passed as column ``tool_calls``; the completions are then the whole transcripts (model text
+            and tool outputs). ``None`` (tools off): no such column.
 
     Returns:
         total (N,) float; per reward name a (N,) tensor with NaN where the reward returned ``None`` (``None``
@@ -229,6 +232,8 @@ def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], pro
         columns["completion_lengths"] = [int(n) for n in completion_lengths]
     if completion_ids is not None:
         columns["completion_ids"] = [list(map(int, ids)) for ids in completion_ids]
+    if tool_calls is not None:
+        columns["tool_calls"] = [list(calls) for calls in tool_calls]
     context = {"trainer_state": trainer_state if trainer_state is not None else TrainerState()}
     chat = bool(prompts) and is_conversational(prompts[0])
     forms = {False: as_texts(completions), True: as_messages(as_texts(completions)) if chat else None}

@@ -254,11 +254,35 @@ def make_backend(name: str, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -
 def backend_for_run(cfg: GRPOConfig, tokenizer: PreTrainedTokenizerBase, model_path: str,
                     decode_dtype: torch.dtype | None = None) -> Backend:
     """The rollout backend a run's config asks for (``model_path``: the resolved model folder, which vLLM loads
-    itself; ``decode_dtype``: the decode copy's dtype, grpo/precision.py)."""
+    itself; ``decode_dtype``: the decode copy's dtype, grpo/precision.py), with the run's toolbox when ``tools`` is
+    set (built here, once per run; ``Backend.close`` stops it).
+
+    Raises:
+        ConfigError: a tool that cannot be built (unknown name, a plug-in that does not import).
+    """
     return make_backend(
         cfg.rollout_backend, tokenizer, max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
         top_p=cfg.top_p, top_k=cfg.top_k, generation_kwargs=cfg.generation_kwargs, prompt_bucket=cfg.prompt_bucket,
         compile_generation=cfg.compile_generation, model_name_or_path=model_path,
         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed,  # vllm adds the rank
         enable_sleep_mode=cfg.vllm_enable_sleep_mode, decode_dtype=decode_dtype,
-        cpu_prepacked_decode=cfg.cpu_prepacked_decode)
+        cpu_prepacked_decode=cfg.cpu_prepacked_decode, toolbox=toolbox_for_run(cfg, tokenizer))
+
+
+def toolbox_for_run(cfg: GRPOConfig, tokenizer: PreTrainedTokenizerBase) -> ToolboxLike | None:
+    """The run's ``grpo.tools`` toolbox from its ``tools*`` keys, or None when ``tools`` is empty.
+
+    Raises:
+        ConfigError: one line naming a tool that cannot be built and the fix.
+    """
+    if not cfg.tools:
+        return None
+    from grpo.errors import ConfigError
+    from grpo.tools import build_toolbox
+
+    try:
+        return build_toolbox(list(cfg.tools), syntax=cfg.tool_syntax, max_tool_calls=cfg.max_tool_calls,
+                             timeout_s=cfg.tool_timeout_s, memory_mb=cfg.tool_memory_mb,
+                             max_output_chars=cfg.tool_max_output_chars, workers=cfg.tool_workers, tokenizer=tokenizer)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
