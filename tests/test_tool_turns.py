@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tool_doubles import FakeToolbox
+from tool_doubles import FakeCall, FakeToolbox
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from grpo import scoring
@@ -170,3 +170,91 @@ def test_tool_metrics_and_records(tok):
     records = batch.tool_records()
     assert records[0] == [c.as_record() for c in batch.tool_calls[0]]
     assert set(records[0][0]) >= {"name", "arguments", "output", "error", "seconds"} if records[0] else True
+
+
+# --- vllm, through a scripted stand-in engine ------------------------------------------------------------------
+
+
+class EqualsToolbox(FakeToolbox):
+    """A call is text ending in "1="; its output is "\\n5\\n"."""
+
+    def could_end(self, token_text: str) -> bool:
+        return token_text == "="
+
+    def call_end(self, text: str) -> bool:
+        return text.endswith("1=")
+
+    def run_many(self, calls):
+        self.batches.append(len(calls))
+        return [FakeCall(name, args, "5", seconds=0.01) for name, args in calls]
+
+
+class ScriptedLLM:
+    """Stands in for ``vllm.LLM``: writes "1" then "=" while the sequence holds fewer than 3 "=", then EOS; pauses
+    each row after its "1" with a syntax stop (as vLLM does at a stop string), log-prob -0.5 per token."""
+
+    def __init__(self, tok):
+        self.tok, self.calls, self.requests = tok, [], []
+
+    def generate(self, requests, sampling_params, use_tqdm=False):
+        import types
+
+        from grpo.rollout.turns import SYNTAX_STOPS
+
+        self.calls.append("generate")
+        self.params = sampling_params.kwargs
+        one, eq, eos = self.tok.convert_tokens_to_ids(["1", "="]) + [self.tok.eos_token_id]
+        outs = []
+        for req in requests:
+            seq, new, reason = list(req["prompt_token_ids"]), [], None
+            self.requests.append(seq)
+            while len(new) < sampling_params.kwargs["max_tokens"]:
+                nxt = eos if seq.count(eq) >= 3 else (eq if seq[-1] == one else one)
+                seq.append(nxt)
+                new.append(nxt)
+                if nxt == eos:
+                    break
+                if nxt == one:
+                    reason = SYNTAX_STOPS["fenced"][0]
+                    break
+            out = types.SimpleNamespace(token_ids=new, stop_reason=reason,
+                                        logprobs=[{t: types.SimpleNamespace(logprob=-0.5)} for t in new])
+            outs.append(types.SimpleNamespace(outputs=[out]))
+        return outs
+
+    def sleep(self, level):
+        self.calls.append("sleep")
+
+    def wake_up(self, tags):
+        self.calls.append("wake")
+
+
+def test_vllm_tool_rounds_are_token_exact(tok, monkeypatch):
+    """Rounds through the vllm backend: a pause that ends no call resumes, a call's output is appended as ids,
+    the third call is past max_tool_calls, and the engine wakes and sleeps once per rollout."""
+    import sys
+    import types
+
+    from grpo.rollout import Backend, VLLMBackend
+
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = type("SamplingParams", (), {"__init__": lambda self, **kw: setattr(self, "kwargs", kw)})
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    backend = VLLMBackend.__new__(VLLMBackend)  # the engine is the stand-in: no vLLM, no GPU
+    Backend.__init__(backend, tok, max_completion_length=20, toolbox=EqualsToolbox(max_tool_calls=2))
+    backend.llm, backend.enable_sleep_mode, backend.weights_stale = ScriptedLLM(tok), True, False
+    batch = backend.generate(tiny_llama(tok, 0), ["Q: 1+2\nA:", "Q: 3\nA:"], 2)
+    out = tok(["\n5\n"], add_special_tokens=False)["input_ids"][0]
+    one, eq = tok.convert_tokens_to_ids(["1", "="])
+    want = [one, eq] + out + [one, eq] + out + [one, eq, tok.eos_token_id]  # the third "1=" is past the limit
+    want_tools = [0, 0] + [1] * len(out) + [0, 0] + [1] * len(out) + [0, 0, 0]
+    for r in range(4):
+        n = int(batch.completion_mask[r].sum())
+        assert batch.completion_ids[r, :n].tolist() == want and batch.tool_mask[r, :n].tolist() == want_tools
+        assert [c.arguments for c in batch.tool_calls[r]] == ["1=", "1="] and not batch.truncated[r]
+        model = batch.model_mask[r, :n].bool()
+        assert (batch.sampler_logprobs[r, :n][model] == -0.5).all() and (batch.sampler_logprobs[r, :n][~model] == 0).all()
+    llm = backend.llm
+    assert llm.calls[0] == "wake" and llm.calls[-1] == "sleep" and llm.calls.count("sleep") == 1  # one wake per rollout
+    assert llm.params["include_stop_str_in_output"] and "```" in llm.params["stop"]
+    assert backend.toolbox.batches == [4, 4]  # the four rows' calls ran together, twice

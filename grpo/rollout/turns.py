@@ -180,9 +180,10 @@ class ToolTurns:
 
 
 # One generation round of a round-based backend: (ids (n, W) left-padded, mask (n, W), most new tokens this round,
-# per-row stop checks) -> new ids (n, k), their sampler log-probs (n, k) and, per row, whether the engine paused it
-# at a SYNTAX_STOPS string (it resumes when no call ended there) or None.
-RoundFn = Callable[[Tensor, Tensor, int, list[Callable[[list[int]], bool]]], tuple[Tensor, Tensor, list[bool] | None]]
+# per-row stop checks) -> new ids (n, k), their sampler log-probs (n, k) and, per row, the number of ids it wrote
+# when the engine paused it at a SYNTAX_STOPS string (it resumes when no call ended there), else None; or None.
+RoundFn = Callable[[Tensor, Tensor, int, list[Callable[[list[int]], bool]]],
+                   tuple[Tensor, Tensor, list[int | None] | None]]
 
 
 def round_inputs(prompt_ids: Tensor, prompt_mask: Tensor, out: Tensor, lengths: list[int],
@@ -218,16 +219,17 @@ def tool_rounds(turns: ToolTurns, generate_round: RoundFn, prompt_ids: Tensor, p
         checks = [turns.stop_check(r, out, lengths[r]) for r in active]
         new, new_logp, paused = generate_round(ids, mask, max(T - lengths[r] for r in active), checks)
         new, new_logp = new.cpu(), new_logp.cpu().float()
+        paused = paused or [None] * len(active)
         ended, going_on = [], []
         for j, row in enumerate(active):
-            room = T - lengths[row]
+            room = T - lengths[row] if paused[j] is None else min(T - lengths[row], paused[j])
             kept, why = turns.scan(row, out, lengths[row], new[j, :room].tolist())
             out[row, lengths[row]: lengths[row] + kept] = new[j, :kept]
             out_logp[row, lengths[row]: lengths[row] + kept] = new_logp[j, :kept]
             lengths[row] += kept
             if lengths[row] < T and why == "call":
                 ended.append(row)
-            elif lengths[row] < T and why == "open" and paused is not None and paused[j]:
+            elif lengths[row] < T and why == "open" and paused[j] is not None:
                 going_on.append(row)  # paused at a stop string that ended no call: resume
         segments = [out[r, turns.seg_start[r]: lengths[r]].tolist() for r in ended]
         for row, output in zip(ended, turns.run(ended, segments) if ended else []):

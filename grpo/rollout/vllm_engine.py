@@ -206,8 +206,9 @@ class VLLMBackend(Backend):
                 self.weights_stale = True
 
     def _round(self, ids: Tensor, mask: Tensor, budget: int, greedy: bool,
-               turns: ToolTurns) -> tuple[Tensor, Tensor, list[bool]]:
-        """One tool round: (n, W) left-padded sequences -> new ids (n, budget), log-probs, paused at a syntax stop."""
+               turns: ToolTurns) -> tuple[Tensor, Tensor, list[int | None]]:
+        """One tool round: (n, W) left-padded sequences -> new ids (n, budget), log-probs, and per row the ids it
+        wrote when vLLM paused it at a syntax stop (else None)."""
         from vllm import SamplingParams
 
         kwargs = vllm_sampling_kwargs(self.generation_kwargs, self.temperature, self.top_k, self.top_p, budget,
@@ -217,7 +218,8 @@ class VLLMBackend(Backend):
         requests = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(ids, mask)]
         outputs = self.llm.generate(requests, sampling_params=SamplingParams(**kwargs), use_tqdm=False)
         new, logp = vllm_outputs_to_tensors(outputs, budget, self.tokenizer.pad_token_id, greedy, ids.device)
-        return new, logp, [getattr(o.outputs[0], "stop_reason", None) in pauses for o in outputs]
+        return new, logp, [len(o.outputs[0].token_ids) if getattr(o.outputs[0], "stop_reason", None) in pauses else None
+                           for o in outputs]
 
 
 def vllm_outputs_to_tensors(outputs: list, max_new: int, pad_token_id: int, greedy: bool,
