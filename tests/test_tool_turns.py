@@ -258,3 +258,76 @@ def test_vllm_tool_rounds_are_token_exact(tok, monkeypatch):
     assert llm.calls[0] == "wake" and llm.calls[-1] == "sleep" and llm.calls.count("sleep") == 1  # one wake per rollout
     assert llm.params["include_stop_str_in_output"] and "```" in llm.params["stop"]
     assert backend.toolbox.batches == [4, 4]  # the four rows' calls ran together, twice
+
+
+# --- the real toolbox: a hanging and a crashing python call ------------------------------------------------------
+
+
+def char_tokenizer():
+    """A character-level tokenizer over printable ASCII (the tiny base's vocabulary has no backtick)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    inner = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    inner.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    inner.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+class CharScriptLLM(ScriptedLLM):
+    """Writes part k of ``script`` after the k-th tool output, then text past the call (which the rollout must
+    drop), then EOS."""
+
+    def __init__(self, tok, script: list[str]):
+        super().__init__(tok)
+        self.script = script
+
+    def generate(self, requests, sampling_params, use_tqdm=False):
+        import types
+
+        outs = []
+        for req in requests:
+            k = self.tok.decode(req["prompt_token_ids"]).count("```output")
+            text = self.script[k] + ("\nnot part of the call" if k < len(self.script) - 1 else "")
+            new = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+            new = new[: sampling_params.kwargs["max_tokens"]]
+            out = types.SimpleNamespace(token_ids=new, stop_reason=None,
+                                        logprobs=[{t: types.SimpleNamespace(logprob=-0.5)} for t in new])
+            outs.append(types.SimpleNamespace(outputs=[out]))
+        return outs
+
+
+def test_hanging_and_crashing_python_calls_return_error_text_and_the_rollout_goes_on(monkeypatch):
+    """The real python sandbox: an infinite loop is stopped at tool_timeout_s and a crash returns its traceback;
+    the model continues from each error text, and the rollout takes about the time limit, no more."""
+    import sys
+    import time
+    import types
+
+    from grpo.rollout import Backend, VLLMBackend
+    from grpo.tools import build_toolbox
+
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = type("SamplingParams", (), {"__init__": lambda self, **kw: setattr(self, "kwargs", kw)})
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    tok = char_tokenizer()
+    script = ["```python\nwhile True: pass\n```", "Again.\n```python\n1/0\n```", "done"]
+    box = build_toolbox(["python"], timeout_s=1.0, workers=2, max_tool_calls=3)
+    backend = VLLMBackend.__new__(VLLMBackend)
+    Backend.__init__(backend, tok, max_completion_length=400, toolbox=box)
+    backend.llm, backend.enable_sleep_mode, backend.weights_stale = CharScriptLLM(tok, script), False, False
+    try:
+        start = time.monotonic()
+        batch = backend.generate(torch.nn.Linear(1, 1), ["Q:"], 2)  # the engine samples; the "policy" is unused
+        seconds = time.monotonic() - start
+    finally:
+        backend.close()
+    assert seconds < 1.0 + 3.0  # both rows' hanging calls ran together, each stopped at its 1 s limit
+    for r in range(2):
+        hang, crash = batch.tool_calls[r]
+        assert hang.timed_out and "timed out" in hang.error and crash.error.startswith("ZeroDivisionError")
+        want = (script[0] + box.render(hang) + script[1] + box.render(crash) + script[2])
+        assert batch.completions[r] == want and not batch.truncated[r]
+        assert "not part of the call" not in batch.completions[r]
