@@ -134,3 +134,17 @@ def test_two_rank_ddp_run_with_tool_calls(tmp_path):
     train = [r for r in train if "reward" in r]
     assert [r["completions/count"] for r in train] == [32, 32]
     assert all(r["tools/calls_per_completion"] > 0 for r in train)
+
+
+def test_curves_gain_a_tool_panel_when_tools_are_logged():
+    from grpo import plot
+
+    plain = [{"step": s, "reward": 0.1 * s} for s in range(1, 4)]
+    tooled = [dict(r, **{"tools/calls_per_completion": 0.2 * r["step"], "tools/error_rate": 0.1}) for r in plain]
+    titles = {ax.get_title() for ax in plot.draw_curves({"a": plain}).axes if ax.get_visible()}
+    assert "tool use" not in titles and len(titles) == len(plot.PANELS)
+    fig = plot.draw_curves({"a": tooled})
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert set(panels) == {p.title for p in plot.PANELS + plot.TOOL_PANELS}
+    line, = panels["tool use"].get_lines()
+    assert list(line.get_ydata()) == pytest.approx([0.2, 0.4, 0.6])
