@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from grpo.batch import RolloutBatch, pad_to
 from grpo.logprobs import warp_logits
 from grpo.rollout.packed import packed_copy, prepacking_available, refresh
-from grpo.rollout.turns import ToolboxLike, ToolTurns
+from grpo.rollout.turns import ToolboxLike, ToolTurns, could_end_table
 
 if TYPE_CHECKING:
     from grpo.config import GRPOConfig
@@ -122,6 +122,7 @@ class Backend:
                  toolbox: ToolboxLike | None = None):
         self.tokenizer = tokenizer
         self.toolbox = toolbox  # tool turns (grpo/rollout/turns.py); None = one uninterrupted sample per row
+        self._could_end: Tensor | None = None  # which token ids can end a tool call, built on first use
         self.cpu_prepacked_decode = cpu_prepacked_decode  # decode from a oneDNN-packed copy (grpo/rollout/packed.py)
         self.decode_dtype = decode_dtype  # a decode copy of the weights in this dtype (grpo/precision.py); None = no
         self._decode_copy: PreTrainedModel | None = None
@@ -218,8 +219,11 @@ class Backend:
         prompt_ids, prompt_mask = self.encode(prompts, num_generations, device)
         was_training = model.training
         model.eval()
-        turns = None if self.toolbox is None else ToolTurns(self.toolbox, self.tokenizer, prompt_ids.size(0), max_new,
-                                                             self.eos_ids)
+        turns = None
+        if self.toolbox is not None:
+            if self._could_end is None:
+                self._could_end = could_end_table(self.toolbox, self.tokenizer, self.eos_ids)
+            turns = ToolTurns(self.toolbox, self.tokenizer, prompt_ids.size(0), max_new, self.eos_ids, self._could_end)
         try:
             completion_ids, sampler_logprobs = self.decode(model, prompt_ids, prompt_mask, num_generations, greedy,
                                                            max_new, turns=turns)

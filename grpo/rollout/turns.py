@@ -46,6 +46,16 @@ class ToolboxLike(Protocol):
 SYNTAX_STOPS = {"fenced": ["```"], "chat": ["</tool_call>"]}
 
 
+def could_end_table(toolbox: ToolboxLike, tokenizer: Any, eos_ids: list[int]) -> Tensor:
+    """(len(tokenizer),) bool: ``Toolbox.could_end`` of each id's own text; EOS never ends a call. Built once per
+    backend (a 150k vocabulary takes about a second), so the decode loop checks a row's text only after a token
+    that can close a call."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    table = torch.tensor([toolbox.could_end(t) for t in texts], dtype=torch.bool)
+    table[[i for i in eos_ids if i < len(texts)]] = False
+    return table
+
+
 class ToolTurns:
     """One generate call's tool turns: per-row call counts, tool masks, records and pending output ids.
 
@@ -54,28 +64,24 @@ class ToolTurns:
         calls: per row, the ``ToolCall`` records of its calls, in order.
     """
 
-    def __init__(self, toolbox: ToolboxLike, tokenizer: Any, n_rows: int, max_new: int, eos_ids: list[int]):
+    def __init__(self, toolbox: ToolboxLike, tokenizer: Any, n_rows: int, max_new: int, eos_ids: list[int],
+                 could_end_ids: Tensor | None = None):
         self.toolbox, self.tokenizer, self.max_new = toolbox, tokenizer, max_new
         self.eos_ids = set(eos_ids)
         self.tool_mask = torch.zeros((n_rows, max_new), dtype=torch.long)
         self.calls: list[list[Any]] = [[] for _ in range(n_rows)]
         self.seg_start = [0] * n_rows  # column where the row's current model segment starts
         self.pending: dict[int, list[int]] = {}  # row -> tool-output ids still to feed (compact)
-        self._table: Tensor | None = None  # (len(tokenizer),) bool: can a token with this id end a call?
+        self.table = could_end_table(toolbox, tokenizer, eos_ids) if could_end_ids is None else could_end_ids
 
     # --- finding call ends -------------------------------------------------------------------------------------
 
     def could_end(self, tokens: Tensor) -> Tensor:
-        """(n,) ids -> (n,) bool on the CPU: ``Toolbox.could_end`` of each token's own text (a table over the
-        tokenizer's ids, built once; an id past it, from a padded embedding, is always checked). EOS never ends a
-        call."""
-        if self._table is None:
-            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-            self._table = torch.tensor([self.toolbox.could_end(t) for t in texts], dtype=torch.bool)
-            self._table[[i for i in self.eos_ids if i < len(texts)]] = False
+        """(n,) ids -> (n,) bool on the CPU: can this token end a call (:func:`could_end_table`; an id past the
+        table, from a padded embedding, is always checked)."""
         ids = tokens.cpu()
-        inside = ids < self._table.numel()
-        return torch.where(inside, self._table[ids.clamp(max=self._table.numel() - 1)], torch.ones_like(inside))
+        inside = ids < self.table.numel()
+        return torch.where(inside, self.table[ids.clamp(max=self.table.numel() - 1)], torch.ones_like(inside))
 
     def may_call(self, row: int) -> bool:
         """Row ``row`` has calls left (``max_tool_calls``)."""
