@@ -335,6 +335,8 @@ def run(req: dict, root_dir: str) -> dict:
 def main() -> None:
     """Preload, say ready, then serve one request per stdin line."""
     _die_with_parent()
+    if os.getppid() != int(os.environ.get("GRPO_ZERO_VERIFY_PARENT", os.getppid())):
+        sys.exit(0)  # the trainer died before PR_SET_PDEATHSIG took effect
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes our stdin
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of preloaded modules go to stderr, never into the protocol
