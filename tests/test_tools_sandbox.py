@@ -243,3 +243,20 @@ def test_root_runs_code_as_nobody_where_it_can(monkeypatch, tmp_path):
     assert ids.strip() == "(65534, 65534, 65534) True"
     assert report["user"] == "nobody" and report["files_protected"]
     assert "PermissionError" in write.error and not (target / "x").exists()
+
+
+def test_without_namespaces_the_fallbacks_hold(monkeypatch):
+    """Kernels that refuse namespaces (forced with the test hook): the process group is killed, the Python-level
+    socket block is on and reported, and the report says the network is not isolated."""
+    monkeypatch.setenv("GRPO_ZERO_TOOL_NAMESPACES", "0")
+    box = PythonSandbox(workers=1, timeout_s=TIMEOUT_S)
+    try:
+        report = box.isolation()
+        net = box.run(["import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"])[0]
+        bomb = box.run(["import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        time.sleep(60)\nprint('ok')"])
+        assert bomb[0].output.strip() == "ok"
+        assert wait_no_leftovers(box.root) == []  # the sleepers shared the call's process group
+    finally:
+        box.close()
+    assert report["netns"] is False and report["pidns"] is False and report["python_socket_block"] is True
+    assert net.error == "OSError: [Errno 101] network access is disabled in the tool sandbox"

@@ -69,8 +69,9 @@ class PythonSandbox:
         os.chmod(self.root, 0o711)  # as root the calls run as nobody, who must reach their own folder inside
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "GRPO_ZERO_TOOL_ROOT": self.root,
                "GRPO_ZERO_TOOL_PRELOAD": ",".join(preload)}
-        if os.environ.get("GRPO_ZERO_TOOL_USER"):  # test hook: "nobody" takes that path even where it cannot import
-            env["GRPO_ZERO_TOOL_USER"] = os.environ["GRPO_ZERO_TOOL_USER"]
+        for hook in ("GRPO_ZERO_TOOL_USER", "GRPO_ZERO_TOOL_NAMESPACES"):  # test hooks: force the fallback paths
+            if hook in os.environ:
+                env[hook] = os.environ[hook]
         self.pool = VerifyPool(max(1, workers), memory_mb=0, kind="tools", script=SERVER, env=env)
         self.report: dict | None = None  # what the first call's child got (see isolation())
         self.lock = threading.Lock()
