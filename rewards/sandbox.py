@@ -52,11 +52,11 @@ class Result:
 
 
 class _Worker:
-    def __init__(self, memory_mb: int, kind: str = "verify", script: str = _WORKER_FILE, env: dict | None = None):
+    def __init__(self, memory_mb: int, kind: str = "verify", script: str | None = None, env: dict | None = None):
         base = dict(os.environ) if env is None else dict(env)  # a caller's env replaces ours (a scrubbed one)
         env = dict(base, GRPO_ZERO_VERIFY_MEM_MB=str(memory_mb), GRPO_ZERO_VERIFY_PARENT=str(os.getpid()),
                    GRPO_ZERO_WORKER_KIND=kind, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, script], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, script or _WORKER_FILE], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, close_fds=True)
         self.fd = self.proc.stdout.fileno()
         self.buf = b""
@@ -98,7 +98,7 @@ class VerifyPool:
     """
 
     def __init__(self, num_workers: int | None = None, memory_mb: int = DEFAULT_MEMORY_MB, kind: str = "verify",
-                 script: str = _WORKER_FILE, env: dict | None = None):
+                 script: str | None = None, env: dict | None = None):
         self.num_workers = num_workers or default_workers()
         self.memory_mb = memory_mb
         self.kind = kind  # "verify" (math-verify) or "call" (reward functions by import path, no memory cap)

@@ -52,6 +52,8 @@ def _unshare(root: bool) -> dict:
     Root needs no user namespace (and must not take one: it then could not drop to ``nobody``); anyone else asks
     for a user namespace too, which unprivileged processes may create where the kernel allows it.
     """
+    if os.environ.get("GRPO_ZERO_TOOL_NAMESPACES") == "0":  # test hook: the path of kernels that refuse them
+        return {"netns": False, "pidns": False}
     user = 0 if root else CLONE_NEWUSER
     for flags in (user | CLONE_NEWNET | CLONE_NEWPID, user | CLONE_NEWNET, user | CLONE_NEWPID):
         if LIBC.unshare(flags) == 0:
@@ -150,6 +152,7 @@ def _setup_child(req: dict, workdir: str, out_w: int, status_w: int) -> dict:
     root = os.getuid() == 0
     got = _unshare(root)
     got["user"] = _drop_root(req["nobody_can_import"]) if root else "the trainer's user"
+    got["files_protected"] = os.geteuid() != 0 and root  # writes limited to what nobody may write
     LIBC.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid program gives privileges back
     got["uid"] = os.getuid()
     got["nproc"] = _limits(req, os.getuid())
@@ -168,22 +171,25 @@ def _report(msg: dict) -> None:
 def _run_code(code: str) -> None:
     """Run ``code`` as ``__main__`` and exit this process; an exception prints its traceback (without this frame)
     and reports its last line."""
-    sys.stdin = open(os.devnull)
-    sys.stdout = sys.stderr = open(1, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
+    # The process's own streams stay open until it exits; running the code is the tool's purpose (its own process).
+    sys.stdin = open(os.devnull)  # noqa: SIM115
+    out = open(1, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)  # noqa: SIM115
+    sys.stdout = sys.stderr = out
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
-        exec(compile(code, "<tool>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        exec(compile(code, "<tool>", "exec"), namespace)  # noqa: S102
     except SystemExit as e:
         if e.code not in (None, 0):
             _report({"error": f"SystemExit: {e.code}"[:300]})
     except BaseException as e:  # noqa: BLE001 - whatever the code raises is the model's feedback
         try:
             traceback.print_exception(type(e), e, e.__traceback__.tb_next)
-        except BaseException:  # noqa: BLE001 - printing a MemoryError can itself run out of memory
+        except BaseException:  # noqa: BLE001, S110 - printing a MemoryError can itself run out of memory
             pass
         _report({"error": f"{type(e).__name__}: {e}".splitlines()[0][:300] if str(e) else type(e).__name__})
     try:
         sys.stdout.flush()
-    except BaseException:  # noqa: BLE001 - output past the file-size limit or a closed pipe: nothing to add
+    except BaseException:  # noqa: BLE001, S110 - output past the file-size limit or a closed pipe: nothing to add
         pass
     os._exit(0)
 
@@ -297,7 +303,7 @@ def run(req: dict, root_dir: str) -> dict:
     start = time.monotonic()
     workdir = os.path.join(root_dir, f"call-{os.getpid()}-{time.monotonic_ns()}")
     os.mkdir(workdir, 0o700)
-    if os.getuid() == 0:
+    if os.getuid() == 0 and req["nobody_can_import"]:  # the code will run as nobody (see _drop_root)
         os.chown(workdir, NOBODY, NOBODY)
     out_r, out_w = os.pipe()
     status_r, status_w = os.pipe()
@@ -331,6 +337,8 @@ def run(req: dict, root_dir: str) -> dict:
 def main() -> None:
     """Preload, say ready, then serve one request per stdin line."""
     _die_with_parent()
+    if os.getppid() != int(os.environ.get("GRPO_ZERO_VERIFY_PARENT", os.getppid())):
+        sys.exit(0)  # the trainer died before PR_SET_PDEATHSIG took effect
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes our stdin
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of preloaded modules go to stderr, never into the protocol
@@ -343,6 +351,7 @@ def main() -> None:
     import sysconfig
 
     importable = _world_readable([p for p in sys.path if os.path.isdir(p)] + [sysconfig.get_paths()["stdlib"]])
+    importable = importable or os.environ.get("GRPO_ZERO_TOOL_USER") == "nobody"  # test hook: force the nobody path
     proto.write('{"ready": true}\n')
     for line in sys.stdin:
         req = dict(json.loads(line), nobody_can_import=importable)

@@ -40,9 +40,8 @@ import shutil
 import tempfile
 import threading
 
-from rewards.sandbox import VerifyPool
-
 from grpo.tools.calls import ToolCall
+from rewards.sandbox import VerifyPool
 
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fork_server.py")
 GRACE_S = 5.0  # the pool kills a fork server that overruns a call's wall limit by this much (the server hangs)
@@ -70,6 +69,9 @@ class PythonSandbox:
         os.chmod(self.root, 0o711)  # as root the calls run as nobody, who must reach their own folder inside
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "GRPO_ZERO_TOOL_ROOT": self.root,
                "GRPO_ZERO_TOOL_PRELOAD": ",".join(preload)}
+        for hook in ("GRPO_ZERO_TOOL_USER", "GRPO_ZERO_TOOL_NAMESPACES"):  # test hooks: force the fallback paths
+            if hook in os.environ:
+                env[hook] = os.environ[hook]
         self.pool = VerifyPool(max(1, workers), memory_mb=0, kind="tools", script=SERVER, env=env)
         self.report: dict | None = None  # what the first call's child got (see isolation())
         self.lock = threading.Lock()
@@ -107,9 +109,10 @@ class PythonSandbox:
         return ToolCall("python", code, output, error, float(data.get("seconds", 0.0)), res.status == "timeout")
 
     def isolation(self) -> dict:
-        """What this machine's sandbox isolates: ``netns``/``pidns`` (namespaces obtained), ``uid`` the code runs
-        as, ``nproc`` (its process limit), ``python_socket_block`` (the Python-level fallback is on). Runs a probe
-        call if no call has run yet."""
+        """What this machine's sandbox isolates: ``netns``/``pidns`` (namespaces obtained), ``user`` (how the code
+        runs: "nobody", "real uid nobody, effective uid 0 without capabilities" or "the trainer's user"), ``uid``
+        (its real uid), ``files_protected`` (it may write only where ``nobody`` may), ``nproc`` (its process limit),
+        ``python_socket_block`` (the Python-level fallback is on). Runs a probe call if no call has run yet."""
         if self.report is None:
             self.run(["pass"])
         return dict(self.report or {})

@@ -18,9 +18,9 @@ Two syntaxes, registered by name (the ``tool_syntax`` config key):
   ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``. The output is written back as the chat template's
   own tool-response turn: rendered once per tool name from a dummy conversation (the text between the assistant's
   ``</tool_call>`` and the next assistant turn, with the output in place of a marker), as TRL renders the tool
-  suffix from a dummy conversation, so it matches what the template produces for such a transcript. Without a tokenizer, or with a template that renders no tool
-  turn, it falls back to a Qwen-style ``\\n<tool_response>\\n...\\n</tool_response>\\n`` block inside the
-  assistant's turn.
+  suffix from a dummy conversation, so it matches what the template produces for such a transcript. Without a
+  tokenizer, or with a template that renders no tool turn, it falls back to a Qwen-style
+  ``\\n<tool_response>\\n...\\n</tool_response>\\n`` block inside the assistant's turn.
 
 ``could_end`` and ``call_end`` run for decoded tokens, so they only look at the end of the text.
 """
