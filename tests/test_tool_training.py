@@ -148,3 +148,19 @@ def test_curves_gain_a_tool_panel_when_tools_are_logged():
     assert set(panels) == {p.title for p in plot.PANELS + plot.TOOL_PANELS}
     line, = panels["tool use"].get_lines()
     assert list(line.get_ydata()) == pytest.approx([0.2, 0.4, 0.6])
+
+
+def test_every_tool_metric_is_documented_and_has_a_reduction():
+    from grpo import metrics
+    from grpo.batch import RolloutBatch
+
+    batch = RolloutBatch(torch.ones(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long),
+                         torch.ones(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long),
+                         torch.zeros(1, dtype=torch.bool), ["p"], ["c"], tool_mask=torch.zeros(1, 1, dtype=torch.long),
+                         tool_calls=[[]])
+    keys = metrics.tool_metrics(batch)
+    assert len(keys) == 5 and metrics.tool_metrics(RolloutBatch(*list(vars(batch).values())[:7])) == {}
+    doc = (ROOT / "docs" / "reading-logs.md").read_text()
+    for key in keys:
+        assert f"`{key}`" in doc, key
+        assert metrics.reduction(key) == ("sum" if key == "tools/timeouts" else "mean"), key
