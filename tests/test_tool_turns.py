@@ -168,8 +168,8 @@ def test_tool_metrics_and_records(tok):
     assert m["tools/output_tokens"] == batch.tool_mask.sum().item() / 12
     assert torch.equal(batch.model_lengths, batch.lengths - batch.tool_mask.sum(-1))
     records = batch.tool_records()
-    assert records[0] == [c.as_record() for c in batch.tool_calls[0]]
-    assert set(records[0][0]) >= {"name", "arguments", "output", "error", "seconds"} if records[0] else True
+    assert records == [[c.as_record() for c in row] for row in batch.tool_calls]
+    assert all(set(r) >= {"name", "arguments", "output", "error", "seconds"} for row in records for r in row)
 
 
 # --- vllm, through a scripted stand-in engine ------------------------------------------------------------------
