@@ -210,3 +210,18 @@ def test_every_tool_metric_is_documented_and_has_a_reduction():
     for key in keys:
         assert f"`{key}`" in doc, key
         assert metrics.reduction(key) == ("sum" if key == "tools/timeouts" else "mean"), key
+
+
+def test_evaluate_cli_runs_a_recipe_with_its_tools(tmp_path, capsys, double):
+    from grpo.evaluate import main
+
+    recipe = tmp_path / "tools.yaml"
+    recipe.write_text("task: arithmetic\ntask_kwargs: {num_eval: 8}\nmax_completion_length: 30\n"
+                      "tools: [calculator]\nmax_tool_calls: 2\n")
+    out = tmp_path / "eval.json"
+    assert main([str(ROOT / "models" / "tiny-base"), "--config", str(recipe), "--output", str(out)]) == 0
+    (specs, kwargs, box), = double
+    assert specs == ["calculator"] and kwargs["max_tool_calls"] == 2 and box.closed >= 1
+    assert "accuracy" in capsys.readouterr().out
+    samples = json.loads(out.read_text())["samples"]
+    assert len(samples) == 8 and sum(box.batches) > 0  # the greedy eval rollouts called the tool
