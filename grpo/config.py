@@ -265,9 +265,9 @@ def _check_tools(cfg: GRPOConfig) -> None:
                           f"got {cfg.tools!r}")
     if cfg.tool_syntax not in TOOL_SYNTAXES:
         raise ConfigError(f"tool_syntax must be one of {', '.join(TOOL_SYNTAXES)}; got {cfg.tool_syntax!r}")
-    for key in ("max_tool_calls", "tool_memory_mb", "tool_max_output_chars", "tool_workers"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    for key, low in (("max_tool_calls", 1), ("tool_memory_mb", 64), ("tool_max_output_chars", 1), ("tool_workers", 1)):
+        if getattr(cfg, key) < low:  # 64 MB: less cannot start a Python interpreter in the sandbox
+            raise ConfigError(f"config key '{key}' must be >= {low}, got {getattr(cfg, key)}")
     if cfg.tool_timeout_s <= 0:
         raise ConfigError(f"tool_timeout_s must be > 0 seconds, got {cfg.tool_timeout_s}")
 

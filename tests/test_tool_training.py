@@ -39,6 +39,7 @@ def tool_reward(completions: list[str], tool_calls: list[list[dict]], **kwargs) 
     (["--tool_syntax", "xml"], "tool_syntax must be one of fenced, chat; got 'xml'"),
     (["--max_tool_calls", "0"], "'max_tool_calls' must be >= 1, got 0"),
     (["--tool_timeout_s", "0"], "tool_timeout_s must be > 0 seconds"),
+    (["--tool_memory_mb", "16"], "'tool_memory_mb' must be >= 64, got 16"),
     (["--tools", "[1]"], "tools must be a list of tool names"),
 ])
 def test_bad_tool_options_are_one_line_errors(args, message):
