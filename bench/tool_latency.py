@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.tools import build_toolbox  # noqa: E402
-from grpo.tools.sandbox import PythonSandbox  # noqa: E402
+from grpo.tools import build_toolbox
+from grpo.tools.sandbox import PythonSandbox
 
 
 def timed(fn, n: int) -> list[float]:

@@ -236,7 +236,10 @@ def _wait(pid: int, out_r: int, deadline: float, cap: int) -> tuple[bytearray, i
     """Collect the child's output until it exits or the deadline; returns (output, bytes in all, wait status or
     None on timeout)."""
     buf, total, status = bytearray(), 0, None
-    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    try:
+        pidfd = os.pidfd_open(pid)  # readable when the child exits: no polling (Linux 5.3+)
+    except (AttributeError, OSError):
+        pidfd = None  # then poll its status every 50 ms
     poller = select.poll()
     poller.register(out_r, select.POLLIN)
     if pidfd is not None:
