@@ -240,6 +240,20 @@ def test_plugin_calls_fenced_and_chat(plugin):
     assert chat.run_many([("word_count", json.dumps({"text": "a b c d"}))])[0].output == "4"
 
 
+def test_registry_entry_point(plugin, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from grpo.tools import registry
+
+    eps = [EntryPoint("count_words", "my_tools_plugin:word_count", registry.ENTRY_POINT_GROUP),
+           EntryPoint("broken_ep", "no_such_module_xyz:f", registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [e for e in eps if e.group == group])
+    tool = resolve("count_words")
+    assert tool.name == "count_words" and tool.fn("a b") == 2
+    with pytest.raises(ConfigError, match="entry point 'no_such_module_xyz:f' failed to load"):
+        resolve("broken_ep")
+
+
 BAD = {
     "unknown name": ("calculater", "unknown tool 'calculater' (did you mean 'calculator'?)"),
     "missing module": ("no_such_module_xyz:f", "no module 'no_such_module_xyz' on the Python path"),
