@@ -46,6 +46,20 @@ def wait_no_leftovers(root: str, seconds: float = 3.0) -> list[psutil.Process]:
     return left
 
 
+def server_children(sb: PythonSandbox) -> list[psutil.Process]:
+    """Processes (zombies included) under the fork servers: none once a call has returned."""
+    return [c for w in sb.pool.workers for c in psutil.Process(w.proc.pid).children(recursive=True)]
+
+
+def zombies(uid: int) -> set[int]:
+    """Zombie processes of the sandbox's uid anywhere (an orphan reparented to init that nobody reaps)."""
+    found = set()
+    for p in psutil.process_iter(["status", "uids"]):
+        if p.info["status"] == psutil.STATUS_ZOMBIE and p.info["uids"] and p.info["uids"].real == uid:
+            found.add(p.pid)
+    return found
+
+
 def test_print_runs_in_a_fresh_process(sb):
     a, b = sb.run(["import os; x = 1; print(os.getpid(), 6 * 7)", "print('x' in globals())"])
     assert a.error is None and a.output.split()[1] == "42"
@@ -75,11 +89,14 @@ def test_wall_time_limit_keeps_output_before_the_kill(sb):
 
 def test_fork_bomb_is_contained_and_leaves_no_process(sb):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    before = zombies(sb.isolation()["uid"])
     start = time.monotonic()
     call = run1(sb, bomb)
     assert time.monotonic() - start < TIMEOUT_S + 2.0
     assert call.timed_out  # the bomb keeps forking until the wall limit
-    assert wait_no_leftovers(sb.root) == []
+    assert wait_no_leftovers(sb.root) == [] and server_children(sb) == []
+    time.sleep(0.2)
+    assert zombies(sb.isolation()["uid"]) - before == set()  # not even a zombie
     assert run1(sb, "print(1)").output == "1\n"
 
 
@@ -89,7 +106,7 @@ def test_process_limit(sb):
     call = run1(sb, code)
     n, kind = call.output.split()
     assert kind == "BlockingIOError" and 0 < int(n) <= MAX_PROCS
-    assert wait_no_leftovers(sb.root) == []  # the sleeping children died with the call
+    assert wait_no_leftovers(sb.root) == [] and server_children(sb) == []  # the sleepers died with the call
 
 
 def test_background_process_is_killed_when_the_call_ends(sb):
@@ -255,7 +272,7 @@ def test_without_namespaces_the_fallbacks_hold(monkeypatch):
         net = box.run(["import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"])[0]
         bomb = box.run(["import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        time.sleep(60)\nprint('ok')"])
         assert bomb[0].output.strip() == "ok"
-        assert wait_no_leftovers(box.root) == []  # the sleepers shared the call's process group
+        assert wait_no_leftovers(box.root) == [] and server_children(box) == []  # they shared its process group
     finally:
         box.close()
     assert report["netns"] is False and report["pidns"] is False and report["python_socket_block"] is True
