@@ -270,7 +270,8 @@ def test_without_namespaces_the_fallbacks_hold(monkeypatch):
     try:
         report = box.isolation()
         net = box.run(["import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"])[0]
-        bomb = box.run(["import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        time.sleep(60)\nprint('ok')"])
+        sleepers = "import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        time.sleep(60)\nprint('ok')"
+        bomb = box.run([sleepers])
         assert bomb[0].output.strip() == "ok"
         assert wait_no_leftovers(box.root) == [] and server_children(box) == []  # they shared its process group
     finally:
