@@ -9,7 +9,6 @@ import resource
 import socket
 import time
 
-import psutil
 import pytest
 
 from grpo.tools.sandbox import MAX_FILE_MB, MAX_OPEN_FILES, MAX_PROCS, PythonSandbox
@@ -30,34 +29,54 @@ def run1(sb: PythonSandbox, code: str):
     return sb.run([code])[0]
 
 
-def leftovers(root: str) -> list[psutil.Process]:
-    """Processes whose working folder is inside the sandbox's root (every call starts in its own folder there)."""
-    found = []
-    for p in psutil.process_iter(["cwd"]):
-        if (p.info.get("cwd") or "").startswith(root):
-            found.append(p)
+def processes() -> dict[int, dict]:
+    """Every process now, from /proc (Linux, as the sandbox): pid -> state, parent, real uid, cwd, RSS in KiB."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+            try:
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:  # zombies have none
+                cwd = ""
+        except (OSError, IndexError, ValueError):
+            continue  # it ended while we looked
+        rss = int(status.get("VmRSS", "0 kB").split()[0])
+        found[int(entry)] = {"state": fields[0], "ppid": int(fields[1]), "uid": int(status["Uid"].split()[0]),
+                             "cwd": cwd, "rss_kib": rss}
     return found
 
 
-def wait_no_leftovers(root: str, seconds: float = 3.0) -> list[psutil.Process]:
+def leftovers(root: str) -> list[int]:
+    """Processes whose working folder is inside the sandbox's root (every call starts in its own folder there)."""
+    return [pid for pid, p in processes().items() if p["cwd"].startswith(root)]
+
+
+def wait_no_leftovers(root: str, seconds: float = 3.0) -> list[int]:
     end = time.monotonic() + seconds
     while (left := leftovers(root)) and time.monotonic() < end:
         time.sleep(0.05)
     return left
 
 
-def server_children(sb: PythonSandbox) -> list[psutil.Process]:
+def server_children(sb: PythonSandbox) -> list[int]:
     """Processes (zombies included) under the fork servers: none once a call has returned."""
-    return [c for w in sb.pool.workers for c in psutil.Process(w.proc.pid).children(recursive=True)]
+    procs = processes()
+    below, frontier = set(), {w.proc.pid for w in sb.pool.workers}
+    while frontier:
+        frontier = {pid for pid, p in procs.items() if p["ppid"] in frontier} - below
+        below |= frontier
+    return sorted(below)
 
 
 def zombies(uid: int) -> set[int]:
     """Zombie processes of the sandbox's uid anywhere (an orphan reparented to init that nobody reaps)."""
-    found = set()
-    for p in psutil.process_iter(["status", "uids"]):
-        if p.info["status"] == psutil.STATUS_ZOMBIE and p.info["uids"] and p.info["uids"].real == uid:
-            found.add(p.pid)
-    return found
+    return {pid for pid, p in processes().items() if p["state"] == "Z" and p["uid"] == uid}
 
 
 def test_print_runs_in_a_fresh_process(sb):
@@ -132,8 +151,8 @@ def test_output_limit_100mb_print(sb):
     assert call.output.endswith("[output truncated: 100000001 bytes]") and len(call.output) < MAX_OUTPUT + 50
     assert elapsed < TIMEOUT_S
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 50_000  # KiB: far below 100 MB
-    servers = [psutil.Process(w.proc.pid) for w in sb.pool.workers]
-    assert all(p.memory_info().rss < 100 << 20 for p in servers)  # the server discarded it as it came
+    procs = processes()
+    assert all(procs[w.proc.pid]["rss_kib"] < 100_000 for w in sb.pool.workers)  # the server discarded it as it came
 
 
 def test_rlimits_are_set(sb):
@@ -230,7 +249,8 @@ def test_close_leaves_no_processes():
     pids = [w.proc.pid for w in box.pool.workers]
     box.close()
     box.close()  # idempotent
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    procs = processes()
+    assert not any(p in procs and procs[p]["state"] != "Z" for p in pids)
     assert not os.path.exists(box.root)
     assert box.run(["print(1)"])[0].error == "the sandbox is closed"
 
