@@ -308,6 +308,8 @@ def test_python_tool_through_the_toolbox():
         box.close()
     assert [c.output for c in calls[:2]] == ["42\n", "2"] and calls[2].error.startswith("python: the arguments")
     assert calls[0].arguments == '{"code": "print(6*7)"}'
+    after = box.run_many([("calculator", '{"expression": "1+2"}'), ("python", '{"code": "print(1)"}')])
+    assert after[0].output == "3" and after[1].error == "the sandbox is closed"  # closed: still never raises
 
 
 def test_tools_off_imports_nothing():
