@@ -121,6 +121,11 @@ def test_fenced_could_end_prefilter(fenced):
     assert fenced.could_end("```") and fenced.could_end("`\n") and not fenced.could_end("print")
 
 
+def test_fenced_unreadable_call_gets_the_fenced_hint(fenced):
+    [call] = fenced.run_many([("", "```calculator 1+1```")])
+    assert call.error.startswith("malformed tool call: write a block that opens with ```<tool>")
+
+
 def test_fenced_render(fenced):
     assert fenced.render(ToolCall("calculator", "3*7+2", "23")) == "\n```output\n23\n```\n"
     assert fenced.render(ToolCall("python", "x", "a\nb\n")) == "\n```output\na\nb\n```\n"

@@ -18,7 +18,10 @@ from grpo.tools.calls import ToolCall
 from grpo.tools.registry import Tool, json_schema, resolve
 from grpo.tools.syntax import get_syntax
 
-MALFORMED = 'malformed tool call: write <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call> with valid JSON'
+MALFORMED = {  # what the model is told when a call cannot be read (name "")
+    "chat": 'malformed tool call: write <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call> with valid JSON',
+    "fenced": "malformed tool call: write a block that opens with ```<tool> on its own line and closes with ```",
+}
 
 
 class Toolbox:
@@ -116,7 +119,8 @@ class Toolbox:
         start = time.monotonic()
         tool = self.tools.get(name)
         if tool is None:
-            error = MALFORMED if name == "" else f"unknown tool {name!r}; available: {', '.join(self.names)}"
+            known = ", ".join(self.names)
+            error = MALFORMED[self.syntax] if name == "" else f"unknown tool {name!r}; available: {known}"
             return ToolCall(name, args, error, error)
         try:
             if self.syntax == "chat":
