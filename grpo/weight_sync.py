@@ -36,7 +36,8 @@ def tensor_fingerprint(t: Tensor) -> str:
     if flat.numel() > FULL_HASH_ELEMENTS:
         step = flat.numel() // FULL_HASH_ELEMENTS  # fixed stride: both sides sample the same elements
         flat = flat[::step][:FULL_HASH_ELEMENTS]
-    data = flat.contiguous().cpu().view(torch.uint8).numpy()
+    # A copy: a numpy view would pin the parameter's storage, which FSDP must free and resize after gathering.
+    data = flat.contiguous().cpu().clone().view(torch.uint8).numpy()
     h = xxhash.xxh3_64(data)
     h.update(f"{tuple(t.shape)}{t.dtype}".encode())
     return h.hexdigest()

@@ -123,6 +123,12 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def worker_of(pid: int) -> int:
+    """The rollout worker among ``pid``'s children (multiprocessing also starts a resource tracker)."""
+    (worker,) = [c for c in children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return worker
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -167,7 +173,8 @@ def test_seeded_async_runs_are_identical_and_kill_9_then_resume_reproduces_them(
                           "--output_dir", str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True)
     wait_for(lambda: steps_logged(killed) >= 7, p)
-    worker = children(p.pid)
+    worker = children(p.pid)  # the rollout worker and multiprocessing's resource tracker
+    assert worker_of(p.pid) in worker
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (killed / "final").exists(), "the run finished before the kill; the test proves nothing"
@@ -220,7 +227,7 @@ def test_worker_killed_mid_run_gives_one_line_keeps_the_checkpoint_and_resumes(t
                           "--output_dir", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     wait_for(lambda: steps_logged(out) >= 3, p)
-    (worker,) = children(p.pid)
+    worker = worker_of(p.pid)
     t0 = time.time()
     os.kill(worker, signal.SIGKILL)
     _, stderr = p.communicate(timeout=120)
@@ -241,7 +248,7 @@ def test_ctrl_c_stops_both_processes_and_saves_what_is_in_flight(tmp_path):
                           str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     wait_for(lambda: steps_logged(out) >= 2, p)
-    (worker,) = children(p.pid)
+    worker = worker_of(p.pid)
     os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl+C: the whole process group
     stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == 0, stderr[-2000:]
@@ -264,4 +271,35 @@ def test_async_works_with_lora_iterations_and_dynamic_sampling(tmp_path, extra):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     staleness = int(extra[extra.index("--max_staleness") + 1]) if "--max_staleness" in extra else 1
     assert rows[-1]["async/staleness"] == staleness
-    assert rows[-1]["weight_sync/bytes"] > 0 or rows[-1]["skipped_update"]
+    # the weights after step 1 sample batch 2 + staleness: sent (or step 1 changed nothing); the last steps' are
+    # used by no batch of the run and are not sent
+    assert rows[0]["weight_sync/bytes"] > 0 or rows[0]["skipped_update"]
+    assert rows[-1]["weight_sync/bytes"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp.yaml"])
+def test_one_worker_per_rank_under_ddp_and_fsdp2(tmp_path, config):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / config),
+           "--num_processes", "2", "--mixed_precision", "no", str(ROOT / "train.py"), *SMALL, "--max_steps", "3",
+           "--output_dir", str(out), "--save_final_model", "false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [r for r in metrics(out) if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["completions/count"] == 32  # both ranks' workers sampled (16 completions each)
+    # each rank's worker samples its own prompts with its own seed, and both ranks' samples are scored
+    assert rows[-1]["async/staleness"] == 1
+    for rank in (0, 1):
+        assert load_rank_file(out / "checkpoint-3", "in_flight", rank) == {}
+
+
+@pytest.mark.slow
+def test_smoke_runs_a_recipe_with_async_rollouts(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" /
+                           "qwen2.5-0.5b-gsm8k.yaml"), "--smoke", "--async_rollouts", "true", "--output_dir", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["async/staleness"] for r in metrics(out) if "reward" in r] == [0.0, 1.0]

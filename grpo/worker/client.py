@@ -8,6 +8,7 @@ max_staleness batches ahead, so in steady state the trainer never waits for a sl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from grpo.worker.process import WorkerSetup, main
 from grpo.worker.wire import batch_from_payload, from_bytes
 
 POLL_S = 0.05  # how often a waiting trainer checks that the worker is alive: failures are noticed within this
+START_S = 600.0  # the worker's start-up (imports, loading the model, a vLLM engine) may take this long
 
 
 def worker_device(setting: str, trainer_device: torch.device, local_rank: int, local_world: int) -> str:
@@ -58,6 +60,7 @@ class AsyncRollouts:
         self.expected: dict[int, dict[str, str]] = {}  # weights version -> the trainer's fingerprints
         self.written: dict[int, tuple[float, int, float]] = {}  # version -> (written at, bytes, seconds)
         self.loaded: dict[int, float] = {}  # version -> the worker's load seconds, once verified
+        self.started = False  # the worker has built its model and backend
         self.last_load_s = 0.0  # the worker's load of the newest verified version
         self.start_version = 0
         self.first_batch = 1
@@ -128,7 +131,7 @@ class AsyncRollouts:
             self._wait(lambda: old in self.loaded, f"the worker to load the weights after step {old}",
                        self.cfg.weight_sync_timeout_s)
         size, seconds = self._write(version, model, changed)
-        self.conn.send(("weights", version, not changed))
+        self._send(("weights", version, not changed), f"the weights after step {version}")
         return {"weight_sync/bytes": float(size), "weight_sync/seconds": seconds + self.last_load_s}
 
     def in_flight(self, step: int) -> dict[int, dict]:
@@ -141,6 +144,13 @@ class AsyncRollouts:
         return {k: self.ready[k] for k in want}
 
     # --- internals ----------------------------------------------------------------------------------------
+
+    def _send(self, msg: tuple, what: str) -> None:
+        """Send to the worker; a closed pipe means it died or failed: say how, in one line."""
+        try:
+            self.conn.send(msg)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            self._wait(lambda: False, f"it to take {what}", self.cfg.rollout_timeout_s)  # raises with the reason
 
     def _write(self, version: int, model: torch.nn.Module, changed: bool) -> tuple[int, float]:
         """Copy the weights after step ``version`` into their slot (or not, when unchanged) and note their
@@ -162,16 +172,20 @@ class AsyncRollouts:
         error, sent nothing for ``timeout`` seconds, or failed a weight check."""
         start = time.monotonic()
         while not done():
-            if self.conn.poll(POLL_S):
-                self._handle(self.conn.recv())
-                continue
-            if not self.proc.is_alive():
-                while self.conn.poll():  # its last words, if any
+            try:
+                if self.conn.poll(POLL_S):
                     self._handle(self.conn.recv())
+                    continue
+            except (EOFError, ConnectionResetError):  # the worker's end closed: it is exiting
+                self.proc.join(5)
+            if not self.proc.is_alive():
+                with contextlib.suppress(EOFError, OSError):
+                    while self.conn.poll():  # its last words, if any
+                        self._handle(self.conn.recv())
                 raise TrainingError(f"the rollout worker {_death(self.proc.exitcode)} while the trainer waited for "
                                     f"{what}; rerun the same command to resume from the last checkpoint")
             now = time.monotonic()
-            if now - max(start, self.last_message) > timeout:
+            if now - max(start, self.last_message) > (timeout if self.started else max(timeout, START_S)):
                 raise TrainingError(f"the rollout worker sent nothing for {timeout:.0f} s while the trainer waited for "
                                     f"{what} (a hung backend or reward?); raise rollout_timeout_s if sampling a batch "
                                     "really takes this long, or rerun to resume from the last checkpoint")
@@ -181,7 +195,9 @@ class AsyncRollouts:
         """One message from the worker."""
         self.last_message = time.monotonic()
         kind = msg[0]
-        if kind == "batch":
+        if kind == "ready":
+            self.started = True
+        elif kind == "batch":
             self.ready[int(msg[1])] = from_bytes(msg[2])
             self.arrived[int(msg[1])] = self.last_message
         elif kind == "loaded":
