@@ -9,9 +9,8 @@ Notation: B prompts per step and process, G = num_generations, N = B x G.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from grpo import core
@@ -98,7 +97,8 @@ def score_round(rollout: RolloutBatch, rows: list[dict[str, Any]], group_size: i
     ids = [c[m.bool()].tolist() for c, m in zip(rollout.completion_ids, rollout.completion_mask)]  # TRL's form
     total, per_reward, reward_metrics = score(
         rewards, rollout.completions, rows, reward_prompts(task, rows, rollout.prompts),
-        completion_lengths=rollout.lengths.tolist(), notes=notes, completion_ids=ids, trainer_state=trainer_state)
+        completion_lengths=rollout.lengths.tolist(), notes=notes, completion_ids=ids, trainer_state=trainer_state,
+        tool_calls=rollout.tool_records())
     rows = [dict(row, verdicts=note) if note else row for row, note in zip(rows, notes)]
     batch = StepBatch(rollout, rows, group_size, total, per_reward)
     return batch, {"time/reward_s": time.perf_counter() - t0, **reward_metrics}

@@ -16,8 +16,6 @@ T completion tokens.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +30,6 @@ from grpo.advantages import advantages_over_ranks
 from grpo.batch import RolloutBatch, StepBatch, UpdateStats
 from grpo.checkpoint import (
     load_checkpoint,
-    load_rank_file,
     resolve_resume,
     restore_logs,
     save_checkpoint,
@@ -58,7 +55,7 @@ from grpo.rollout import backend_for_run
 from grpo.run_record import last_logged_eval, logged_eval, logged_step_seconds
 from grpo.stop import StopRequest, count_bad_steps
 from grpo.tasks import Task, get_task
-from grpo.worker.client import AsyncRollouts, worker_device
+from grpo.worker.client import rollouts_for_run
 from rewards.calling import TrainerState
 from rewards.combine import build_rewards
 
@@ -98,9 +95,7 @@ class Trainer:
             # Gradient checkpointing turns the KV cache off in training, which prompt sharing needs.
             share_prompts=cfg.share_prompt_forward and not cfg.gradient_checkpointing)
         self.logger = MetricsLogger(cfg, acc)
-        self.rollouts = self._async_rollouts() if cfg.async_rollouts else None
-        self.worker_stream: dict | None = None  # async: the worker's data position after the last batch taken
-        self.resumed_in_flight: dict[int, dict] = {}  # async: batches a checkpoint held, by step
+        self.rollouts = rollouts_for_run(cfg, acc, self.model, self.prompts_per_step) if cfg.async_rollouts else None
         self.bad_steps = 0  # consecutive steps whose update was dropped as non-finite
         self.global_step = 0  # steps finished, for the rewards' trainer_state
 
@@ -125,9 +120,7 @@ class Trainer:
         async rollouts, taken from the worker, which sampled it from the weights ``max_staleness`` steps back."""
         cfg = self.cfg
         if self.rollouts is not None:
-            batch, metrics_, payload = self.rollouts.take(step)
-            self.worker_stream = json.loads(payload["stream"])
-            return batch, metrics_
+            return self.rollouts.take(step)
         return collect(self.sample_round, dynamic=cfg.dynamic_sampling, max_rounds=cfg.max_sampling_rounds,
                        pad_token_id=self.tokenizer.pad_token_id,
                        any_rank_needs_more=lambda need: any_rank(self.accelerator, need))
@@ -235,10 +228,11 @@ class Trainer:
                 sync = self.rollouts.push(step, model, changed=not stats.skipped_update)
         t3 = time.perf_counter()
         r = batch.rollout
-        m = metrics.rollout_metrics_over_ranks(acc, batch.rewards, r.lengths, r.truncated, batch.per_reward,
+        m = metrics.rollout_metrics_over_ranks(acc, batch.rewards, r.model_lengths, r.truncated, batch.per_reward,
                                                r.completions, batch.group_size, cfg.reflection_words,
                                                count_tokens=self._count_tokens)
-        m.update(metrics.reduce_over_ranks(acc, {**stats.as_metrics(), **collect_metrics, **sync}))
+        m.update(metrics.reduce_over_ranks(acc, {**stats.as_metrics(), **collect_metrics, **sync,
+                                                 **metrics.tool_metrics(r)}))
         m.update(self.backend.metrics())  # e.g. compile/shapes with compile_generation
         m["learning_rate"] = self.scheduler.get_last_lr()[0]
         m["time/update_s"], m["time/step_s"] = t3 - t2, t3 - t0
@@ -288,6 +282,7 @@ class Trainer:
             wall += logged_step_seconds(metrics_path, start_step)
             if last_eval is first_eval:  # no eval ran in this session
                 last_eval = last_logged_eval(metrics_path) or last_eval
+        self.backend.close()  # the toolbox's sandbox workers (also closed at exit if the run dies first)
         finished = step >= cfg.max_steps and not stop.requested
         if cfg.save_final_model and finished and start_step < cfg.max_steps:
             with write_errors(f"{cfg.output_dir}/final", cfg.output_dir):  # LoRA: adapter or merged (grpo/model.py)
@@ -328,39 +323,25 @@ class Trainer:
         self.backend.mark_stale()  # an engine with its own weights (vllm) must not sample the pre-resume ones
         self.stream.load_state_dict(rank_state["stream"])
         self.bad_steps = rank_state.get("bad_steps", 0)
-        if self.rollouts is not None:
-            saved = load_rank_file(resume_from, "in_flight", acc.process_index) or {}
-            self.resumed_in_flight = {int(k): v for k, v in saved.items()}
-            self.worker_stream = rank_state["stream"]  # the position after the last batch in flight
+        if self.rollouts is not None:  # the batches in flight, and the data position after them
+            self.rollouts.restore(resume_from, acc.process_index, rank_state["stream"])
         restore_logs(acc, resume_from, cfg.output_dir)
         acc.print(f"resuming from {resume_from} at step {start_step} of {cfg.max_steps}")
         return start_step, logged_eval(Path(cfg.output_dir) / "metrics.jsonl", 0)
 
     # --- async rollouts (grpo/worker) ---------------------------------------------------------------------
 
-    def _async_rollouts(self) -> AsyncRollouts:
-        """This rank's rollout worker handle (started in ``train``, after a resume is known)."""
-        acc = self.accelerator
-        device = worker_device(self.cfg.rollout_device, acc.device, acc.local_process_index,
-                               int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        with full_weights(self.model, acc) as model:
-            return AsyncRollouts(self.cfg, acc.process_index, device, self.prompts_per_step, model)
-
     @contextlib.contextmanager
     def rollout_worker(self, start_step: int) -> Iterator[None]:
-        """Start the worker for this session's steps (after the batches a checkpoint held in flight, from the
-        current weights) and stop it however the loop ends."""
-        if self.rollouts is None:
-            yield
-            return
-        in_flight = self.resumed_in_flight
-        first_batch = start_step + 1 + len(in_flight)
-        with full_weights(self.model, self.accelerator) as model:
-            self.rollouts.start(model, first_batch, start_step, self.worker_stream, in_flight)
+        """Async: the worker runs for this session's steps, from the current weights; stopped however they end."""
+        if self.rollouts is not None:
+            with full_weights(self.model, self.accelerator) as model:
+                self.rollouts.start(model, start_step)
         try:
             yield
         finally:
-            self.rollouts.close()
+            if self.rollouts is not None:
+                self.rollouts.close()
 
     # --- checkpoints -------------------------------------------------------------------------------------
 
@@ -370,17 +351,16 @@ class Trainer:
         state = {"stream": self.stream.state_dict(), "bad_steps": self.bad_steps}
         files = None
         if self.rollouts is not None:
-            in_flight = self.rollouts.in_flight(step)
-            state["stream"] = json.loads(in_flight[max(in_flight)]["stream"]) if in_flight else self.worker_stream
-            files = {"in_flight": {str(k): v for k, v in in_flight.items()}}
+            state["stream"], files = self.rollouts.checkpoint(step)
         return save_checkpoint(self.accelerator, self.cfg.output_dir, step, state, self.cfg.save_total_limit,
                                self.model, rank_files=files)
 
 
 def loss_mask(rollout: RolloutBatch, mask_truncated: bool) -> Tensor:
-    """The tokens the loss counts. -> (N, T) float: the completion mask, without truncated rows when
-    ``mask_truncated`` (DAPO: a cut-off answer is not evidence about the policy's answers)."""
-    mask = rollout.completion_mask.float()
+    """The tokens the loss counts. -> (N, T) float: the tokens the model sampled (``completion_mask * (1 -
+    tool_mask)``: tool outputs are not the policy's actions), without truncated rows when ``mask_truncated``
+    (DAPO: a cut-off answer is not evidence about the policy's answers)."""
+    mask = rollout.model_mask.float()
     if mask_truncated:
         mask = mask * (~rollout.truncated).float().unsqueeze(1).to(mask.device)
     return mask

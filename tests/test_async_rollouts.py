@@ -16,7 +16,7 @@ import torch
 
 from grpo.batch import RolloutBatch, StepBatch
 from grpo.checkpoint import latest_checkpoint, load_rank_file
-from grpo.weight_sync import first_mismatch, fingerprint, shared_slots, tensor_fingerprint, write_slot
+from grpo.weight_sync import fingerprint, first_mismatch, shared_slots, tensor_fingerprint, write_slot
 from grpo.worker.client import next_batch_using, worker_device
 from grpo.worker.process import batch_seed, needed_version
 from grpo.worker.wire import batch_from_payload, batch_payload, from_bytes, to_bytes

@@ -90,7 +90,7 @@ def test_shared_and_unshared_prompt_logprobs_agree_in_bf16(tmp_path, monkeypatch
     cfg = load_config([*BASE_ARGS, "--output_dir", str(tmp_path / "run"), "--max_steps", "1"])
     t = Trainer(cfg)
     torch.manual_seed(0)
-    step_batch, _ = t.collect()
+    step_batch, _ = t.collect(1)
     batch = step_batch.rollout
     from dataclasses import replace
 

@@ -132,7 +132,7 @@ def test_buckets_and_shared_prompts_give_the_same_update(tmp_path, buckets, shar
 
         t._optimizer_step = capture
         torch.manual_seed(0)
-        batch, _ = t.collect()
+        batch, _ = t.collect(1)
         batch.advantages = t.advantages(batch)
         m = t.update(batch)
         results.append((grads, m, batch.rollout.completions))

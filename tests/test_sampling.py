@@ -164,7 +164,7 @@ def test_trainer_scores_what_the_sampler_drew(tmp_path, backend, top_k, top_p):
                        "--vllm_importance_sampling_correction", "true", "--learning_rate", "1e-4"])
     t = Trainer(cfg)
     torch.manual_seed(0)
-    step_batch, _ = t.collect()
+    step_batch, _ = t.collect(1)
     batch = step_batch.rollout
     assert batch.sampler_logprobs is not None
     step_batch.advantages = torch.ones_like(step_batch.rewards)  # any advantages: this checks the weights

@@ -37,7 +37,7 @@ def make(tmp_path, *extra: str) -> Trainer:
 def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path):
     torch.manual_seed(0)
     t = make(tmp_path, "--dynamic_sampling", "true", "--max_sampling_rounds", "6")
-    step_batch, m = t.collect()
+    step_batch, m = t.collect(1)
     batch, rows, rewards = step_batch.rollout, step_batch.rows, step_batch.rewards
     assert len(batch.completions) == len(rows) == rewards.numel() == 32  # batch shape unchanged
     assert m["dynamic_sampling/filled_frac"] == 1.0 and m["dynamic_sampling/rounds"] >= 1
@@ -54,7 +54,7 @@ def test_without_dynamic_sampling_constant_groups_remain(tmp_path):
     t = make(tmp_path)
     counts = []
     for _ in range(3):
-        step_batch, m = t.collect()
+        step_batch, m = t.collect(1)
         batch = step_batch.rollout
         counts.append(sum(first_term(p) % 2 for p in batch.prompts[::4]))
         assert "dynamic_sampling/rounds" not in m
@@ -68,7 +68,7 @@ def test_masked_truncated_completions_do_not_move_the_weights(tmp_path):
         t = Trainer(load_config([*BASE, "--output_dir", str(tmp_path / masked), "--max_completion_length", "3",
                                  "--mask_truncated_completions", masked, "--rewards",
                                  "{test_trainer_features:parity_reward: 1.0}"]))
-        batch, _ = t.collect()
+        batch, _ = t.collect(1)
         assert batch.rollout.truncated.all()
         batch.advantages = t.advantages(batch)
         assert batch.advantages.abs().sum() > 0

@@ -9,15 +9,19 @@ max_staleness batches ahead, so in steady state the trainer never waits for a sl
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from grpo.accelerator import full_weights
 from grpo.batch import StepBatch
+from grpo.checkpoint import load_rank_file
 from grpo.errors import TrainingError
-from grpo.weight_sync import first_mismatch, fingerprint, shared_slots, synced_tensors, write_slot
+from grpo.weight_sync import fingerprint, first_mismatch, shared_slots, synced_tensors, write_slot
 from grpo.worker.process import WorkerSetup, main
 from grpo.worker.wire import batch_from_payload, from_bytes
 
@@ -34,6 +38,15 @@ def worker_device(setting: str, trainer_device: torch.device, local_rank: int, l
         return "cpu"
     spare = local_rank + local_world
     return f"cuda:{spare}" if spare < torch.cuda.device_count() else str(trainer_device)
+
+
+def rollouts_for_run(cfg: Any, accelerator: Any, model: torch.nn.Module, prompts_per_step: int) -> AsyncRollouts:
+    """This rank's rollout worker handle (started by the trainer once a resume is known). ``model``: the prepared
+    (possibly sharded) policy: its full weights give the names and shapes of what is synced."""
+    device = worker_device(cfg.rollout_device, accelerator.device, accelerator.local_process_index,
+                           int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    with full_weights(model, accelerator) as full:
+        return AsyncRollouts(cfg, accelerator.process_index, device, prompts_per_step, full)
 
 
 def parse_fault(value: str | None) -> tuple[str, int] | None:
@@ -61,6 +74,8 @@ class AsyncRollouts:
         self.written: dict[int, tuple[float, int, float]] = {}  # version -> (written at, bytes, seconds)
         self.loaded: dict[int, float] = {}  # version -> the worker's load seconds, once verified
         self.started = False  # the worker has built its model and backend
+        self.stream_state: dict | None = None  # the worker's data position after the last batch taken (or resumed)
+        self.resumed: dict[int, dict] = {}  # batches a checkpoint held in flight, by step
         self.last_load_s = 0.0  # the worker's load of the newest verified version
         self.start_version = 0
         self.first_batch = 1
@@ -68,12 +83,19 @@ class AsyncRollouts:
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
-    def start(self, model: torch.nn.Module, first_batch: int, start_version: int, stream_state: dict | None,
-              in_flight: dict[int, dict]) -> None:
-        """Write the starting weights, spawn the worker (it builds its model while the trainer evaluates) and take
-        the batches a checkpoint held in flight. ``first_batch``: the first batch the worker samples."""
+    def restore(self, checkpoint: Path, rank: int, stream_state: dict) -> None:
+        """Resuming from ``checkpoint``: take the batches it held in flight and the data position after them."""
+        saved = load_rank_file(checkpoint, "in_flight", rank) or {}
+        self.resumed = {int(k): v for k, v in saved.items()}
+        self.stream_state = stream_state
+
+    def start(self, model: torch.nn.Module, start_version: int) -> None:
+        """Write the starting weights (after step ``start_version``), spawn the worker (it builds its model while the
+        trainer evaluates); it samples from the batch after those a resumed checkpoint held in flight."""
+        first_batch = start_version + 1 + len(self.resumed)
         self.start_version, self.first_batch = start_version, first_batch
-        self.ready.update(in_flight)
+        self.ready.update(self.resumed)
+        stream_state = self.stream_state
         self._write(start_version, model, changed=True)
         ctx = torch.multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
@@ -104,9 +126,9 @@ class AsyncRollouts:
 
     # --- the step -----------------------------------------------------------------------------------------
 
-    def take(self, step: int) -> tuple[StepBatch, dict[str, float], dict[str, Any]]:
-        """Batch ``step`` (waiting for it when late). -> (the scored batch of N, its round metrics plus ``async/*``
-        the worker's data-stream position after it)."""
+    def take(self, step: int) -> tuple[StepBatch, dict[str, float]]:
+        """Batch ``step`` (waiting for it when late). -> (the scored batch of N, its round metrics plus
+        ``async/*``)."""
         t0 = time.perf_counter()
         self._wait(lambda: step in self.ready, f"batch {step}", self.cfg.rollout_timeout_s)
         payload = self.ready.pop(step)
@@ -116,7 +138,8 @@ class AsyncRollouts:
                    "async/staleness": float(step - 1 - version)}
         for k in [k for k in self.arrived if k < step - 1]:
             del self.arrived[k]
-        return batch_from_payload(payload), metrics, payload
+        self.stream_state = json.loads(payload["stream"])
+        return batch_from_payload(payload), metrics
 
     def push(self, version: int, model: torch.nn.Module, changed: bool) -> dict[str, float]:
         """Send the weights after step ``version`` (``changed`` False: the step left them as they were, nothing is
@@ -134,14 +157,16 @@ class AsyncRollouts:
         self._send(("weights", version, not changed), f"the weights after step {version}")
         return {"weight_sync/bytes": float(size), "weight_sync/seconds": seconds + self.last_load_s}
 
-    def in_flight(self, step: int) -> dict[int, dict]:
-        """After step ``step``: the batches sampled for later steps (step+1 .. step+max_staleness, at most
-        max_steps), waiting for them; they go into the checkpoint. -> {batch step: payload}."""
+    def checkpoint(self, step: int) -> tuple[dict | None, dict[str, Any]]:
+        """After step ``step``: what a checkpoint holds for the worker, waiting for it: the batches sampled for later
+        steps (step+1 .. step+max_staleness, at most max_steps) and the data position after them.
+        -> (data position, ``rank_files`` for :func:`grpo.checkpoint.save_checkpoint`)."""
         last = min(step + self.staleness, self.cfg.max_steps)
         want = range(step + 1, last + 1)
         self._wait(lambda: all(k in self.ready for k in want), f"batches {step + 1}-{last} to checkpoint",
                    self.cfg.rollout_timeout_s)
-        return {k: self.ready[k] for k in want}
+        stream = json.loads(self.ready[last]["stream"]) if last > step else self.stream_state
+        return stream, {"in_flight": {str(k): self.ready[k] for k in want}}
 
     # --- internals ----------------------------------------------------------------------------------------
 

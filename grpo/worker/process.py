@@ -77,6 +77,7 @@ def main(conn: Any, setup: WorkerSetup) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group: the trainer decides
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _exit_with_parent(setup.parent_pid)
+    worker = None
     try:
         worker = _Worker(setup, conn)
         conn.send(("ready", os.getpid()))
@@ -90,6 +91,8 @@ def main(conn: Any, setup: WorkerSetup) -> None:
         except (OSError, ValueError):
             pass
     finally:
+        if worker is not None:
+            worker.backend.close()  # the toolbox's sandbox processes, when the run has tools
         conn.close()
 
 

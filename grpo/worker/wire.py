@@ -28,6 +28,8 @@ def batch_payload(batch: StepBatch, metrics: dict[str, float], step: int, versio
     tensors = {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if isinstance(getattr(r, f.name), Tensor)}
     texts = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)
              if f.name not in tensors and getattr(r, f.name) is not None}
+    if r.tool_calls is not None:  # ToolCall records as plain dicts (tools on)
+        texts["tool_calls"] = r.tool_records()
     return {"step": step, "version": version, "group_size": batch.group_size, "rollout": tensors,
             "rollout_json": json.dumps(texts), "rows_json": json.dumps(batch.rows, default=str),
             "rewards": batch.rewards, "per_reward": dict(batch.per_reward), "metrics": dict(metrics),
@@ -37,6 +39,10 @@ def batch_payload(batch: StepBatch, metrics: dict[str, float], step: int, versio
 def batch_from_payload(payload: dict[str, Any]) -> StepBatch:
     """The :class:`StepBatch` a payload holds (rollout of N rows, rewards (N,), per-reward scores)."""
     fields = {**payload["rollout"], **json.loads(payload["rollout_json"])}
+    if fields.get("tool_calls") is not None:
+        from grpo.tools.calls import ToolCall
+
+        fields["tool_calls"] = [[ToolCall(**c) for c in calls] for calls in fields["tool_calls"]]
     rollout = RolloutBatch(**fields)
     return StepBatch(rollout, json.loads(payload["rows_json"]), int(payload["group_size"]), payload["rewards"],
                      dict(payload["per_reward"]))
