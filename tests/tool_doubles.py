@@ -6,22 +6,10 @@ from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import asdict, dataclass
 
+from grpo.tools import ToolCall
 
-@dataclass
-class FakeCall:
-    """The fields of ``grpo.tools.ToolCall``."""
-
-    name: str
-    arguments: str
-    output: str = ""
-    error: str | None = None
-    seconds: float = 0.0
-    timed_out: bool = False
-
-    def as_record(self) -> dict:
-        return asdict(self)
+FakeCall = ToolCall  # the real record type: the double fakes the tools, not their results
 
 
 def _h(text: str) -> int:
