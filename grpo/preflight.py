@@ -74,12 +74,22 @@ def check_output_dir(output_dir: str) -> None:
 
 
 def check_backend(cfg: GRPOConfig) -> None:
-    """``rollout_backend`` names a registered backend."""
+    """``rollout_backend`` names a registered backend; an async worker's ``rollout_device`` exists."""
     from grpo.rollout import ROLLOUT_BACKENDS
 
     if cfg.rollout_backend not in ROLLOUT_BACKENDS:
         raise ConfigError(f"config key 'rollout_backend' must be one of {', '.join(ROLLOUT_BACKENDS)}; got "
                           f"{cfg.rollout_backend!r}")
+    if cfg.async_rollouts and cfg.rollout_device not in ("auto", "cpu"):
+        import torch
+
+        try:
+            device = torch.device(cfg.rollout_device)
+        except RuntimeError:
+            raise ConfigError(f"rollout_device {cfg.rollout_device!r} is not a device; use auto, cpu or cuda:<n>") from None
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"rollout_device {cfg.rollout_device}: this machine has {torch.cuda.device_count()} CUDA "
+                              "device(s); use rollout_device auto (or cpu)")
 
 
 def check_model(cfg: GRPOConfig) -> None:

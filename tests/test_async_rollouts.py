@@ -303,3 +303,13 @@ def test_smoke_runs_a_recipe_with_async_rollouts(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["async/staleness"] for r in metrics(out) if "reward" in r] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("value,message", [("cuda:1", "rollout_device cuda:1: this machine has 0 CUDA device(s)"),
+                                           ("gpu7", "rollout_device 'gpu7' is not a device")])
+def test_a_missing_rollout_device_is_one_line_before_anything_loads(value, message):
+    if torch.cuda.device_count() > 1:
+        pytest.skip("this machine has the device")
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--async_rollouts", "true", "--rollout_device", value,
+                           "--output_dir", "/tmp/unused-async"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and message in one_error_line(proc.stderr)
