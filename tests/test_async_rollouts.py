@@ -262,8 +262,9 @@ def test_ctrl_c_stops_both_processes_and_saves_what_is_in_flight(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [["--use_peft", "true", "--learning_rate", "1e-3"],
                                    ["--num_iterations", "2", "--max_staleness", "2"],
-                                   ["--dynamic_sampling", "true", "--eval_steps", "2"]])
-def test_async_works_with_lora_iterations_and_dynamic_sampling(tmp_path, extra):
+                                   ["--dynamic_sampling", "true", "--eval_steps", "2"],
+                                   ["--rollout_backend", "hf"]])
+def test_async_works_with_lora_iterations_dynamic_sampling_and_hf(tmp_path, extra):
     out = tmp_path / "run"
     proc = run(["--max_steps", "4", "--output_dir", str(out), *extra])
     assert proc.returncode == 0, proc.stderr[-2000:]
