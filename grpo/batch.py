@@ -39,6 +39,10 @@ class RolloutBatch:
             actually drew them from (temperature applied; with top-k / top-p the truncated, renormalised
             distribution); 0 on padding and for greedy decoding (a point mass). ``None`` when a backend cannot
             report them. The importance-sampling correction compares them with the trainer's own log-probs.
+            0 on tool-output tokens (not sampled).
+        tool_mask: (N, T) long, 1 on tool-output tokens appended after a tool call (inside ``completion_mask``);
+            ``None`` when tools are off. The loss, KL, entropy and model-length metrics use ``model_mask``.
+        tool_calls: per row the calls it made (``grpo.tools.ToolCall``, in order); ``None`` when tools are off.
     """
 
     prompt_ids: Tensor
@@ -49,20 +53,44 @@ class RolloutBatch:
     prompts: list[str]
     completions: list[str]
     sampler_logprobs: Tensor | None = None
+    tool_mask: Tensor | None = None
+    tool_calls: list[list] | None = None
 
     @property
     def lengths(self) -> Tensor:
-        """(N,) completion lengths in tokens (EOS included)."""
+        """(N,) completion lengths in tokens (EOS included; tool-output tokens included: all count toward
+        ``max_completion_length``)."""
         return self.completion_mask.sum(-1)
+
+    @property
+    def model_mask(self) -> Tensor:
+        """(N, T) 1 on the tokens the model sampled: ``completion_mask * (1 - tool_mask)``."""
+        if self.tool_mask is None:
+            return self.completion_mask
+        return self.completion_mask * (1 - self.tool_mask.to(self.completion_mask.device))
+
+    @property
+    def model_lengths(self) -> Tensor:
+        """(N,) tokens the model wrote (EOS included, tool outputs not): what ``completions/*_length`` report."""
+        return self.model_mask.sum(-1)
+
+    def tool_records(self) -> list[list[dict]] | None:
+        """Per row, its calls as JSON-ready dicts (``ToolCall.as_record()``: name, arguments, output, error,
+        seconds, ...): the rewards' ``tool_calls`` column and completions.jsonl. ``None`` when tools are off."""
+        if self.tool_calls is None:
+            return None
+        return [[call.as_record() for call in calls] for calls in self.tool_calls]
 
     def select(self, idx: list[int] | Tensor) -> RolloutBatch:
         """The rows ``idx`` (same padding widths). -> RolloutBatch of len(idx)."""
         t = torch.as_tensor(idx, dtype=torch.long, device=self.prompt_ids.device)
         rows = t.tolist()
-        logp = self.sampler_logprobs
+        logp, tools = self.sampler_logprobs, self.tool_mask
         return RolloutBatch(self.prompt_ids[t], self.prompt_mask[t], self.completion_ids[t], self.completion_mask[t],
                             self.truncated[t.to(self.truncated.device)], [self.prompts[i] for i in rows],
-                            [self.completions[i] for i in rows], None if logp is None else logp[t.to(logp.device)])
+                            [self.completions[i] for i in rows], None if logp is None else logp[t.to(logp.device)],
+                            None if tools is None else tools[t.to(tools.device)],
+                            None if self.tool_calls is None else [self.tool_calls[i] for i in rows])
 
     @staticmethod
     def concat(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
@@ -72,6 +100,7 @@ class RolloutBatch:
         P = max(b.prompt_ids.size(1) for b in batches)
         T = max(b.completion_ids.size(1) for b in batches)
         with_logp = all(b.sampler_logprobs is not None for b in batches)
+        with_tools = any(b.tool_mask is not None for b in batches)  # a batch without tools: no tool tokens, no calls
         return RolloutBatch(
             torch.cat([pad_to(b.prompt_ids, P, pad_token_id, left=True) for b in batches]),
             torch.cat([pad_to(b.prompt_mask, P, 0, left=True) for b in batches]),
@@ -81,6 +110,9 @@ class RolloutBatch:
             [p for b in batches for p in b.prompts],
             [c for b in batches for c in b.completions],
             torch.cat([pad_to(b.sampler_logprobs, T, 0, left=False) for b in batches]) if with_logp else None,
+            torch.cat([pad_to(b.tool_mask if b.tool_mask is not None else torch.zeros_like(b.completion_mask), T, 0,
+                              left=False) for b in batches]) if with_tools else None,
+            [calls for b in batches for calls in (b.tool_calls or [[] for _ in b.prompts])] if with_tools else None,
         )
 
 

@@ -76,6 +76,18 @@ class GRPOConfig:
     prompt_bucket: int = _f(0, "Pad prompts to a multiple of this many tokens (with compile_generation: fewer distinct shapes to compile); 0 = off.")
     compile_generation: bool = _f(False, "hf backend on GPU: static KV cache + torch.compile (CUDA graphs) for decoding; the first steps pay compilation.")
     vllm_gpu_memory_utilization: float = _f(0.3, "vllm backend: share of GPU memory vLLM may take (the rest is for training).")
+    # --- tool calls in rollouts (grpo/rollout/turns.py, grpo/tools/)
+    tools: list = _f([], "Tools the model may call mid-answer: built-ins by name (python, calculator) or plug-ins "
+                     "'module:function' / 'module.function'; [] = off. Generation stops at a call, the call runs, its "
+                     "output is appended as tokens (masked out of the loss) and generation goes on.")
+    tool_syntax: str = _f("fenced", "How calls look: fenced (a ```python ... ``` block, for base models) or chat (the "
+                          "chat template's <tool_call>...</tool_call>, for instruct models).")
+    max_tool_calls: int = _f(4, "Most tool calls per completion; later calls are plain text.")
+    tool_timeout_s: float = _f(5.0, "Wall-clock limit of one tool call in seconds; a call past it returns an error "
+                               "text to the model.")
+    tool_memory_mb: int = _f(512, "Memory limit of one python tool call, in MB.")
+    tool_max_output_chars: int = _f(2000, "A tool's output is cut to this many characters before it is tokenised.")
+    tool_workers: int = _f(2, "Tool calls that run at once (warm sandbox processes per rank).")
     vllm_enable_sleep_mode: bool = _f(True, "vllm backend: free vLLM's weights and KV cache during updates (sleep level 2) "
                                       "and push the weights back before each rollout.")
     # --- algorithm
@@ -202,6 +214,7 @@ def validate(cfg: GRPOConfig) -> None:
         raise ConfigError(f"save_total_limit must be >= 1 (or null to keep all), got {cfg.save_total_limit}")
     _check_model_options(cfg)
     _check_logging(cfg)
+    _check_tools(cfg)
 
 
 # dtype names users may write -> the torch dtype's name (the one table; grpo.model resolves it, "auto" aside).
@@ -223,6 +236,23 @@ def _check_model_options(cfg: GRPOConfig) -> None:
         raise ConfigError("save_merged needs use_peft: true (without LoRA the saved model is already a plain model)")
     if cfg.eval_pass_k < 1:
         raise ConfigError(f"eval_pass_k must be >= 1, got {cfg.eval_pass_k}")
+
+
+TOOL_SYNTAXES = ("fenced", "chat")
+
+
+def _check_tools(cfg: GRPOConfig) -> None:
+    """Tool options (whether the tools themselves exist: when the toolbox is built, grpo.rollout.backend_for_run)."""
+    if not isinstance(cfg.tools, list) or not all(isinstance(t, str) and t.strip() for t in cfg.tools):
+        raise ConfigError(f"tools must be a list of tool names, e.g. [python] or [calculator, my_pkg.tools:lookup]; "
+                          f"got {cfg.tools!r}")
+    if cfg.tool_syntax not in TOOL_SYNTAXES:
+        raise ConfigError(f"tool_syntax must be one of {', '.join(TOOL_SYNTAXES)}; got {cfg.tool_syntax!r}")
+    for key in ("max_tool_calls", "tool_memory_mb", "tool_max_output_chars", "tool_workers"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    if cfg.tool_timeout_s <= 0:
+        raise ConfigError(f"tool_timeout_s must be > 0 seconds, got {cfg.tool_timeout_s}")
 
 
 def _check_logging(cfg: GRPOConfig) -> None:

@@ -186,10 +186,12 @@ def examine(cfg: GRPOConfig, task: Any, prompts: int) -> Findings:
     with torch.no_grad():
         batch = backend.generate(model, [r["prompt"] for r in rows], G)
     seconds = time.perf_counter() - t0
+    backend.close()
     rows = [r for r in rows for _ in range(G)]
     specs = build_rewards(cfg.rewards)
     lengths = batch.lengths.tolist()
-    totals, per_reward, _ = score(specs, batch.completions, rows, batch.prompts, completion_lengths=lengths)
+    totals, per_reward, _ = score(specs, batch.completions, rows, batch.prompts, completion_lengths=lengths,
+                                  tool_calls=batch.tool_records())
     acc_kwargs = reward_kwargs(cfg.rewards, "accuracy")
     fmt = acc_kwargs.get("answer_format", "r1")
     prefilled = bool(cfg.task_kwargs.get("prefill_think"))

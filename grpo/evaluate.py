@@ -67,7 +67,8 @@ def evaluate(model: PreTrainedModel, backend: Backend, rows: list[dict], acceler
 
     Returns:
         ``eval/accuracy`` (share of prompts the greedy completion gets right), ``eval/format`` (share in the
-        template's format), ``eval/mean_length`` (completion tokens, EOS included), ``eval/num_rows``, and
+        template's format), ``eval/mean_length`` (tokens the model wrote, EOS included; tool outputs not),
+        ``eval/num_rows``, and
         with ``pass_k > 1`` ``eval/pass@k`` (share of prompts with at least one right sample of k).
     """
     acc = accelerator
@@ -82,7 +83,7 @@ def evaluate(model: PreTrainedModel, backend: Backend, rows: list[dict], acceler
         right = _right(accuracy_fn(completions=batch.completions, **_columns(chunk)))
         correct += sum(right)
         formatted += sum(v or 0.0 for v in format_fn(completions=batch.completions, **_columns(chunk)))
-        length += batch.lengths.sum().item()
+        length += batch.model_lengths.sum().item()
         if keep_samples:
             samples += [{"prompt": r["prompt"], "answer": r.get("answer"), "completion": c, "right": bool(ok)}
                         for r, c, ok in zip(chunk, batch.completions, right)]

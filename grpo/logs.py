@@ -100,11 +100,15 @@ def completion_records(step: int, batch: StepBatch) -> list[dict]:
 
     Fields: ``step``, ``group`` (index of its prompt in this rank's batch), ``prompt``, ``completion``, ``answer``
     (gold, if the task has one), ``reward`` (weighted sum), ``rewards`` (name -> value, null = does not apply),
-    ``advantage``, ``length`` (tokens, EOS included), ``truncated`` and ``verdicts`` (reward name -> why it
-    scored what it did, for rewards that explain themselves, e.g. accuracy's ``reason``).
+    ``advantage``, ``length`` (tokens the model wrote, EOS included), ``truncated`` and ``verdicts`` (reward name ->
+    why it scored what it did, for rewards that explain themselves, e.g. accuracy's ``reason``). With tools the
+    completion is the whole transcript and the record adds ``tool_calls`` (each call's name, arguments, output,
+    error, seconds, timed_out) and ``tool_tokens`` (tool-output tokens, not in ``length``).
     """
     rollout = batch.rollout
-    lengths, truncated = rollout.lengths.tolist(), rollout.truncated.tolist()
+    lengths, truncated = rollout.model_lengths.tolist(), rollout.truncated.tolist()
+    tool_calls = rollout.tool_records()
+    tool_tokens = rollout.tool_mask.sum(-1).tolist() if rollout.tool_mask is not None else None
     named = {name: v.tolist() for name, v in batch.per_reward.items()}
     records = []
     for i in range(len(batch)):
@@ -117,6 +121,8 @@ def completion_records(step: int, batch: StepBatch) -> list[dict]:
         rec.update(advantage=round(float(batch.advantages[i]), 6), length=int(lengths[i]), truncated=bool(truncated[i]))
         if batch.rows[i].get("verdicts"):  # reward name -> verdict (accuracy: score, reason, answer, path, seconds)
             rec["verdicts"] = batch.rows[i]["verdicts"]
+        if tool_calls is not None:
+            rec.update(tool_calls=tool_calls[i], tool_tokens=int(tool_tokens[i]))
         records.append(rec)
     return records
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from grpo import core, reasoning
-from grpo.batch import UpdateStats
+from grpo.batch import RolloutBatch, UpdateStats
 from rewards.calling import logged_metric_names
 
 # How per-rank scalars combine into the logged value. Exact metric names; anything not listed is a counter
@@ -36,6 +36,10 @@ REDUCTIONS: dict[str, str] = {
     "sampling/importance_sampling_ratio/min": "min",
     "sampling/importance_sampling_ratio/mean": "mean",
     "sampling/importance_sampling_ratio/max": "max",
+    "tools/calls_per_completion": "mean",  # tool turns (tool_metrics); tools/timeouts is a counter: summed
+    "tools/error_rate": "mean",
+    "tools/seconds": "mean",
+    "tools/output_tokens": "mean",
 }
 DEFAULT_REDUCTION = "sum"
 
@@ -107,6 +111,27 @@ def rollout_metrics(rewards: Tensor, lengths: Tensor, truncated: Tensor, per_rew
     for name, values in per_reward.items():
         m[f"rewards/{name}/mean"] = nanmean(values)
     return m
+
+
+def tool_metrics(rollout: RolloutBatch) -> dict[str, float]:
+    """This rank's tool-turn metrics ({} when tools are off).
+
+    Returns:
+        ``tools/calls_per_completion`` (calls per row), ``tools/error_rate`` (share of calls that failed, timeouts
+        included), ``tools/timeouts`` (calls stopped at their time limit, a count), ``tools/seconds`` (mean seconds
+        per call) and ``tools/output_tokens`` (tool-output tokens per row, not in ``completions/*_length``).
+    """
+    if rollout.tool_calls is None:
+        return {}
+    n = max(len(rollout.tool_calls), 1)
+    calls = [c for row in rollout.tool_calls for c in row]
+    per_call = max(len(calls), 1)
+    tool_tokens = rollout.tool_mask.sum().item() if rollout.tool_mask is not None else 0
+    return {"tools/calls_per_completion": len(calls) / n,
+            "tools/error_rate": sum(c.error is not None for c in calls) / per_call,
+            "tools/timeouts": float(sum(bool(c.timed_out) for c in calls)),
+            "tools/seconds": sum(c.seconds for c in calls) / per_call,
+            "tools/output_tokens": tool_tokens / n}
 
 
 def reasoning_values(completions: list[str], reflection_words: list[str],

@@ -49,6 +49,11 @@ PANELS: tuple[Panel, ...] = (
     Panel("KL to reference", "kl", ylabel="k3 KL", empty_note="not logged (beta = 0: no reference model)"),
     Panel("clipped ratio", "completions/clipped_ratio", ylabel="share cut at max length"),
 )
+# A third row when the run calls tools (grpo/rollout/turns.py): does tool use rise, and do the calls work?
+TOOL_PANELS: tuple[Panel, ...] = (
+    Panel("tool use", "tools/calls_per_completion", ylabel="tool calls per completion"),
+    Panel("tool errors", "tools/error_rate", ylabel="share of calls that failed"),
+)
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -96,19 +101,25 @@ def _draw_panel(ax, panel: Panel, runs: dict[str, list[dict]], colors: list[str]
 
 
 def draw_curves(runs: dict[str, list[dict]], title: str | None = None) -> Figure:
-    """A 2 x 4 figure of :data:`PANELS`; each run is one colour, eval points are dashed with markers.
+    """A 2 x 4 figure of :data:`PANELS` (3 x 4 with :data:`TOOL_PANELS` when a run logged
+    ``tools/calls_per_completion``); each run is one colour, eval points are dashed with markers.
 
     Args:
         runs: run label -> its metrics rows (train rows and eval rows mixed, as in metrics.jsonl).
         title: figure title; default lists the run labels.
     """
-    fig = Figure(figsize=(18, 8), dpi=100, layout="constrained")
+    tools = any(series(rows, "tools/calls_per_completion")[0] for rows in runs.values())
+    panels = PANELS + (TOOL_PANELS if tools else ())
+    n_rows = -(-len(panels) // 4)
+    fig = Figure(figsize=(18, 4 * n_rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     palette = [f"C{i}" for i in range(10)]
     colors = [palette[i % len(palette)] for i in range(len(runs))]
-    axes = fig.subplots(2, 4)
-    for ax, panel in zip(axes.flat, PANELS):
+    axes = fig.subplots(n_rows, 4)
+    for ax, panel in zip(axes.flat, panels):
         _draw_panel(ax, panel, runs, colors)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     fig.suptitle(title or "grpo-zero: " + ", ".join(runs), fontsize=12)
     return fig
 

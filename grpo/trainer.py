@@ -104,7 +104,7 @@ class Trainer:
         rewards, per_reward, reward_metrics = score(
             self.rewards, rollout.completions, rows, reward_prompts(self.task, rows, rollout.prompts),
             completion_lengths=rollout.lengths.tolist(), notes=notes, completion_ids=ids,
-            trainer_state=self.reward_state())
+            trainer_state=self.reward_state(), tool_calls=rollout.tool_records())
         rows = [dict(row, verdicts=note) if note else row for row, note in zip(rows, notes)]
         timing = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
         return StepBatch(rollout, rows, G, rewards, per_reward), {**timing, **reward_metrics}
@@ -221,10 +221,10 @@ class Trainer:
         stats = self.update(batch) if any_signal or cfg.beta > 0 else UpdateStats.skipped()
         t3 = time.perf_counter()
         r = batch.rollout
-        m = metrics.rollout_metrics_over_ranks(acc, batch.rewards, r.lengths, r.truncated, batch.per_reward,
+        m = metrics.rollout_metrics_over_ranks(acc, batch.rewards, r.model_lengths, r.truncated, batch.per_reward,
                                                r.completions, batch.group_size, cfg.reflection_words,
                                                count_tokens=self._count_tokens)
-        m.update(metrics.reduce_over_ranks(acc, {**stats.as_metrics(), **collect_metrics}))
+        m.update(metrics.reduce_over_ranks(acc, {**stats.as_metrics(), **collect_metrics, **metrics.tool_metrics(r)}))
         m.update(self.backend.metrics())  # e.g. compile/shapes with compile_generation
         m["learning_rate"] = self.scheduler.get_last_lr()[0]
         m["time/update_s"], m["time/step_s"] = t3 - t2, t3 - t0
@@ -297,6 +297,7 @@ class Trainer:
             wall += logged_step_seconds(metrics_path, start_step)
             if last_eval is first_eval:  # no eval ran in this session
                 last_eval = last_logged_eval(metrics_path) or last_eval
+        self.backend.close()  # the toolbox's sandbox workers (also closed at exit if the run dies first)
         finished = step >= cfg.max_steps and not stop.requested
         if cfg.save_final_model and finished and start_step < cfg.max_steps:
             with write_errors(f"{cfg.output_dir}/final", cfg.output_dir):  # LoRA: adapter or merged (grpo/model.py)
@@ -315,9 +316,10 @@ class Trainer:
 
 
 def loss_mask(rollout: RolloutBatch, mask_truncated: bool) -> Tensor:
-    """The tokens the loss counts. -> (N, T) float: the completion mask, without truncated rows when
-    ``mask_truncated`` (DAPO: a cut-off answer is not evidence about the policy's answers)."""
-    mask = rollout.completion_mask.float()
+    """The tokens the loss counts. -> (N, T) float: the tokens the model sampled (``completion_mask * (1 -
+    tool_mask)``: tool outputs are not the policy's actions), without truncated rows when ``mask_truncated``
+    (DAPO: a cut-off answer is not evidence about the policy's answers)."""
+    mask = rollout.model_mask.float()
     if mask_truncated:
         mask = mask * (~rollout.truncated).float().unsqueeze(1).to(mask.device)
     return mask

@@ -8,6 +8,9 @@ A reward gets keyword arguments only::
 - ``completions`` / ``prompts``: strings, or, when the prompt is a conversation (``template: chat``), TRL's
   conversational form: each prompt a list of messages, each completion ``[{"role": "assistant", "content": text}]``.
 - ``completion_ids``: one list of token ids per completion (EOS included, padding not), as TRL passes them.
+- ``tool_calls`` (only when the run has ``tools``): per completion a list of its tool calls, each a dict with
+  ``name``, ``arguments``, ``output``, ``error``, ``seconds``, ``timed_out``; the completion text is then the whole
+  transcript, model text and tool outputs in order. A reward that does not name it gets it in ``**kwargs``.
 - ``trainer_state``: a :class:`TrainerState` (``global_step``, ``max_steps``, ``epoch``), read-only by convention.
 - ``log_extra(column, values)``: one value per sample, written to ``completions.jsonl`` under the reward's name.
 - ``log_metric(name, value)``: a scalar, averaged over the step's calls and logged as ``rewards/<reward>/<name>``.

@@ -195,10 +195,23 @@ def batch_columns(rows: list[dict], prompts: list) -> dict[str, list]:
     return columns
 
 
+def with_rollout_columns(columns: dict[str, list], completion_lengths: list[int] | None,
+                         completion_ids: list[list[int]] | None, tool_calls: list[list[dict]] | None) -> dict[str, list]:
+    """``columns`` plus the rollout's own columns that are given: ``completion_lengths``, ``completion_ids`` and,
+    with tools, ``tool_calls`` (per completion a list of call dicts)."""
+    if completion_lengths is not None:
+        columns["completion_lengths"] = [int(n) for n in completion_lengths]
+    if completion_ids is not None:
+        columns["completion_ids"] = [list(map(int, ids)) for ids in completion_ids]
+    if tool_calls is not None:
+        columns["tool_calls"] = [list(calls) for calls in tool_calls]
+    return columns
+
+
 def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], prompts: list,
           completion_lengths: list[int] | None = None, notes: list[dict] | None = None,
-          completion_ids: list[list[int]] | None = None,
-          trainer_state: TrainerState | None = None) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+          completion_ids: list[list[int]] | None = None, trainer_state: TrainerState | None = None,
+          tool_calls: list[list[dict]] | None = None) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
     """Weighted sum of rewards over N completions, each reward called as TRL calls it (``rewards.calling``).
 
     Args:
@@ -212,6 +225,9 @@ def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], pro
             (``accuracy``'s verdicts) or ``log_extra`` columns, for ``completions.jsonl``.
         completion_ids: N token-id lists (EOS included, no padding), passed as ``completion_ids``.
         trainer_state: passed as ``trainer_state`` (a default ``TrainerState()`` when ``None``).
+        tool_calls: with tools on, per completion its calls as dicts (name, arguments, output, error, seconds,
+            timed_out), passed as column ``tool_calls``; the completions are then the whole transcripts (model text
+            and tool outputs). ``None`` (tools off): no such column.
 
     Returns:
         total (N,) float; per reward name a (N,) tensor with NaN where the reward returned ``None`` (``None``
@@ -224,11 +240,7 @@ def score(specs: list[RewardSpec], completions: list[str], rows: list[dict], pro
     Raises:
         RewardError: a reward raised under ``on_error: raise``, or returned the wrong number or kind of values.
     """
-    columns = batch_columns(rows, prompts)
-    if completion_lengths is not None:
-        columns["completion_lengths"] = [int(n) for n in completion_lengths]
-    if completion_ids is not None:
-        columns["completion_ids"] = [list(map(int, ids)) for ids in completion_ids]
+    columns = with_rollout_columns(batch_columns(rows, prompts), completion_lengths, completion_ids, tool_calls)
     context = {"trainer_state": trainer_state if trainer_state is not None else TrainerState()}
     chat = bool(prompts) and is_conversational(prompts[0])
     forms = {False: as_texts(completions), True: as_messages(as_texts(completions)) if chat else None}

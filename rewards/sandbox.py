@@ -52,10 +52,11 @@ class Result:
 
 
 class _Worker:
-    def __init__(self, memory_mb: int, kind: str = "verify"):
-        env = dict(os.environ, GRPO_ZERO_VERIFY_MEM_MB=str(memory_mb), GRPO_ZERO_VERIFY_PARENT=str(os.getpid()),
+    def __init__(self, memory_mb: int, kind: str = "verify", script: str | None = None, env: dict | None = None):
+        base = dict(os.environ) if env is None else dict(env)  # a caller's env replaces ours (a scrubbed one)
+        env = dict(base, GRPO_ZERO_VERIFY_MEM_MB=str(memory_mb), GRPO_ZERO_VERIFY_PARENT=str(os.getpid()),
                    GRPO_ZERO_WORKER_KIND=kind, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, _WORKER_FILE], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, script or _WORKER_FILE], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, close_fds=True)
         self.fd = self.proc.stdout.fileno()
         self.buf = b""
@@ -92,13 +93,16 @@ class _Worker:
 class VerifyPool:
     """``num_workers`` math-verify processes. ``run(jobs, deadline_s)`` -> one :class:`Result` per job.
 
-    Thread-safe: concurrent callers take turns (each call uses every worker).
+    Thread-safe: concurrent callers take turns (each call uses every worker). ``script`` and ``env`` run another
+    worker program that speaks the same protocol (the tool sandbox's fork server) in another environment.
     """
 
-    def __init__(self, num_workers: int | None = None, memory_mb: int = DEFAULT_MEMORY_MB, kind: str = "verify"):
+    def __init__(self, num_workers: int | None = None, memory_mb: int = DEFAULT_MEMORY_MB, kind: str = "verify",
+                 script: str | None = None, env: dict | None = None):
         self.num_workers = num_workers or default_workers()
         self.memory_mb = memory_mb
         self.kind = kind  # "verify" (math-verify) or "call" (reward functions by import path, no memory cap)
+        self.script, self.env = script, env
         self.workers: list[_Worker] = []
         self.lock = threading.Lock()
         self.pid = os.getpid()
@@ -108,7 +112,7 @@ class VerifyPool:
 
     def _replace(self, w: _Worker) -> None:
         w.kill()
-        self.workers[self.workers.index(w)] = _Worker(self.memory_mb, self.kind)
+        self.workers[self.workers.index(w)] = _Worker(self.memory_mb, self.kind, self.script, self.env)
         self.stats["respawns"] += 1
 
     def run(self, jobs: list[dict], deadline_s: float) -> list[Result]:
@@ -124,7 +128,7 @@ class VerifyPool:
             if self.broken:
                 return [Result(False, "unavailable")] * len(jobs)
             while len(self.workers) < self.num_workers:
-                self.workers.append(_Worker(self.memory_mb, self.kind))
+                self.workers.append(_Worker(self.memory_mb, self.kind, self.script, self.env))
             pending = deque(range(len(jobs)))
             soft_s = 0.8 * deadline_s  # the worker's own timer: a clean 0 without a restart when sympy is interruptible
             while pending or any(w.job is not None for w in self.workers):
@@ -193,10 +197,13 @@ class VerifyPool:
     def _start_failed(self, w: _Worker, why: str) -> None:
         self.failed_starts += 1
         if self.failed_starts >= 3:
-            what = "math-verify" if self.kind == "verify" else "reward"
-            self.broken = (f"{what} workers cannot start ({why}); check that `python -c 'import math_verify'` "
+            what = {"verify": "math-verify", "call": "reward"}.get(self.kind, self.kind)
+            check = "import math_verify" if self.kind == "verify" else "import json"
+            self.broken = (f"{what} workers cannot start ({why}); check that `python -c '{check}'` "
                            "works in this environment")
-            print(f"grpo-zero rewards: {self.broken}; math-verify checks now score 0", file=sys.stderr)
+            then = "math-verify checks now score 0" if self.kind in ("verify", "call") else "its calls now fail"
+            print(f"grpo-zero {'rewards' if self.kind in ('verify', 'call') else self.kind}: {self.broken}; {then}",
+                  file=sys.stderr)
             return
         self._replace(w)
 

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from grpo.batch import RolloutBatch, pad_to
 from grpo.logprobs import warp_logits
 from grpo.rollout.packed import packed_copy, prepacking_available, refresh
+from grpo.rollout.turns import ToolboxLike, ToolTurns, could_end_table
 
 if TYPE_CHECKING:
     from grpo.config import GRPOConfig
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 ROLLOUT_BACKENDS: dict[str, type[Backend]] = {}
 # The options every backend takes (keyword arguments of Backend.__init__); a backend adds its own in OPTIONS.
 COMMON_OPTIONS = ("max_completion_length", "temperature", "top_p", "top_k", "generation_kwargs", "prompt_bucket",
-                  "decode_dtype", "cpu_prepacked_decode")
+                  "decode_dtype", "cpu_prepacked_decode", "toolbox")
 
 
 def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
@@ -36,10 +37,14 @@ def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
     return wrap
 
 
-def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int | list[int]) -> tuple[Tensor, Tensor]:
-    """Mask up to and including the first EOS. completion_ids (N, T) -> mask (N, T) long, truncated (N,) bool."""
+def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int | list[int],
+                             tool_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mask up to and including the first EOS the model wrote (an EOS id inside tool output, ``tool_mask`` (N, T)
+    1, ends nothing). completion_ids (N, T) -> mask (N, T) long, truncated (N,) bool."""
     eos_ids = torch.tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id], device=completion_ids.device)
     is_eos = torch.isin(completion_ids, eos_ids)  # (N, T)
+    if tool_mask is not None:
+        is_eos = is_eos & (tool_mask.to(is_eos.device) == 0)
     has_eos = is_eos.any(dim=1)
     T = completion_ids.size(1)
     first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, T, dtype=torch.long))
@@ -113,8 +118,11 @@ class Backend:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_completion_length: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, generation_kwargs: dict | None = None, prompt_bucket: int = 0,
-                 decode_dtype: torch.dtype | None = None, cpu_prepacked_decode: bool = False):
+                 decode_dtype: torch.dtype | None = None, cpu_prepacked_decode: bool = False,
+                 toolbox: ToolboxLike | None = None):
         self.tokenizer = tokenizer
+        self.toolbox = toolbox  # tool turns (grpo/rollout/turns.py); None = one uninterrupted sample per row
+        self._could_end: Tensor | None = None  # which token ids can end a tool call, built on first use
         self.cpu_prepacked_decode = cpu_prepacked_decode  # decode from a oneDNN-packed copy (grpo/rollout/packed.py)
         self.decode_dtype = decode_dtype  # a decode copy of the weights in this dtype (grpo/precision.py); None = no
         self._decode_copy: PreTrainedModel | None = None
@@ -137,19 +145,28 @@ class Backend:
                 mask.repeat_interleave(num_generations, dim=0).to(device))
 
     def finish(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, prompts: list[str],
-               num_generations: int, sampler_logprobs: Tensor | None = None) -> RolloutBatch:
-        """Mask after the first EOS, decode, and package. completion_ids (N, T), sampler_logprobs (N, T) or None
-        -> RolloutBatch."""
+               num_generations: int, sampler_logprobs: Tensor | None = None,
+               turns: ToolTurns | None = None) -> RolloutBatch:
+        """Mask after the first EOS, decode, and package. completion_ids (N, T), sampler_logprobs (N, T) or None,
+        ``turns``: the tool turns (tool mask, calls) when tools are on -> RolloutBatch. With tools the decoded
+        text is the whole transcript: model text and tool outputs, in order."""
         tok = self.tokenizer
-        mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
+        tool_mask = None if turns is None else turns.tool_mask[:, : completion_ids.size(1)].to(completion_ids.device)
+        mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids, tool_mask)
         completion_ids = completion_ids.masked_fill(mask == 0, tok.pad_token_id)
         width = int(mask.sum(dim=1).max().item()) if mask.numel() else 0
         completion_ids, mask = completion_ids[:, :width], mask[:, :width]  # no all-padding columns
         if sampler_logprobs is not None:
             sampler_logprobs = sampler_logprobs[:, :width].float().masked_fill(mask == 0, 0.0)
         texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
-        return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated,
-                            [p for p in prompts for _ in range(num_generations)], texts, sampler_logprobs)
+        batch = RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated,
+                             [p for p in prompts for _ in range(num_generations)], texts, sampler_logprobs)
+        if turns is not None:
+            batch.tool_mask = tool_mask[:, :width] * mask
+            batch.tool_calls = turns.calls
+            if sampler_logprobs is not None:
+                batch.sampler_logprobs = sampler_logprobs.masked_fill(batch.tool_mask.bool(), 0.0)
+        return batch
 
     def sync_weights(self, model: PreTrainedModel) -> None:
         """The policy's weights changed (after an optimizer step): a decode copy is refreshed before the next
@@ -202,19 +219,30 @@ class Backend:
         prompt_ids, prompt_mask = self.encode(prompts, num_generations, device)
         was_training = model.training
         model.eval()
+        turns = None
+        if self.toolbox is not None:
+            if self._could_end is None:
+                self._could_end = could_end_table(self.toolbox, self.tokenizer, self.eos_ids)
+            turns = ToolTurns(self.toolbox, self.tokenizer, prompt_ids.size(0), max_new, self.eos_ids, self._could_end)
         try:
             completion_ids, sampler_logprobs = self.decode(model, prompt_ids, prompt_mask, num_generations, greedy,
-                                                           max_new)
+                                                           max_new, turns=turns)
         finally:
             model.train(was_training)
-        return self.finish(prompt_ids, prompt_mask, completion_ids, prompts, num_generations, sampler_logprobs)
+        return self.finish(prompt_ids, prompt_mask, completion_ids, prompts, num_generations, sampler_logprobs, turns)
 
     def decode(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int,
-               greedy: bool, max_new: int) -> tuple[Tensor, Tensor | None]:
+               greedy: bool, max_new: int, turns: ToolTurns | None = None) -> tuple[Tensor, Tensor | None]:
         """The backend's sampling loop. prompt_ids, prompt_mask (N, P), G copies of each prompt adjacent ->
         completion ids (N, T <= max_new) and the sampler's log-probs of those tokens (N, T) float32 (or None);
-        anything after an EOS is ignored by :meth:`finish`."""
+        anything after an EOS is ignored by :meth:`finish`. With ``turns`` (tools on) the loop stops a row at a
+        tool call, appends the call's output ids (recorded in ``turns``) and goes on (grpo/rollout/turns.py)."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the backend holds for the run: the toolbox's worker processes (idempotent)."""
+        if self.toolbox is not None:
+            self.toolbox.close()
 
 
 
@@ -230,11 +258,35 @@ def make_backend(name: str, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -
 def backend_for_run(cfg: GRPOConfig, tokenizer: PreTrainedTokenizerBase, model_path: str,
                     decode_dtype: torch.dtype | None = None) -> Backend:
     """The rollout backend a run's config asks for (``model_path``: the resolved model folder, which vLLM loads
-    itself; ``decode_dtype``: the decode copy's dtype, grpo/precision.py)."""
+    itself; ``decode_dtype``: the decode copy's dtype, grpo/precision.py), with the run's toolbox when ``tools`` is
+    set (built here, once per run; ``Backend.close`` stops it).
+
+    Raises:
+        ConfigError: a tool that cannot be built (unknown name, a plug-in that does not import).
+    """
     return make_backend(
         cfg.rollout_backend, tokenizer, max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
         top_p=cfg.top_p, top_k=cfg.top_k, generation_kwargs=cfg.generation_kwargs, prompt_bucket=cfg.prompt_bucket,
         compile_generation=cfg.compile_generation, model_name_or_path=model_path,
         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed,  # vllm adds the rank
         enable_sleep_mode=cfg.vllm_enable_sleep_mode, decode_dtype=decode_dtype,
-        cpu_prepacked_decode=cfg.cpu_prepacked_decode)
+        cpu_prepacked_decode=cfg.cpu_prepacked_decode, toolbox=toolbox_for_run(cfg, tokenizer))
+
+
+def toolbox_for_run(cfg: GRPOConfig, tokenizer: PreTrainedTokenizerBase) -> ToolboxLike | None:
+    """The run's ``grpo.tools`` toolbox from its ``tools*`` keys, or None when ``tools`` is empty.
+
+    Raises:
+        ConfigError: one line naming a tool that cannot be built and the fix.
+    """
+    if not cfg.tools:
+        return None
+    from grpo.errors import ConfigError
+    from grpo.tools import build_toolbox
+
+    try:
+        return build_toolbox(list(cfg.tools), syntax=cfg.tool_syntax, max_tool_calls=cfg.max_tool_calls,
+                             timeout_s=cfg.tool_timeout_s, memory_mb=cfg.tool_memory_mb,
+                             max_output_chars=cfg.tool_max_output_chars, workers=cfg.tool_workers, tokenizer=tokenizer)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -8,6 +8,7 @@ from transformers import PreTrainedModel
 
 from grpo.hf_compat import cache_kwarg
 from grpo.rollout.base import Backend, register_backend, sample_next
+from grpo.rollout.turns import ToolTurns
 
 
 @register_backend("compact")
@@ -17,12 +18,16 @@ class CompactSampler(Backend):
     ``model.generate`` keeps computing every row until the longest one ends; here a row that emits EOS
     leaves the batch (and its KV cache rows are freed), so a step costs what the live rows need. Same
     distribution as ``generate`` with temperature / top-k / top-p sampling.
+
+    With tools, a row whose text ends a call keeps its place in the batch: the call's output ids are fed to it
+    over the next decode steps as forced tokens (:meth:`grpo.rollout.turns.ToolTurns.step`) while the other rows
+    go on sampling.
     """
 
     def decode(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int,
-               greedy: bool, max_new: int) -> tuple[Tensor, Tensor]:
+               greedy: bool, max_new: int, turns: ToolTurns | None = None) -> tuple[Tensor, Tensor]:
         """Prefill once per prompt, then decode only the live rows. (N, P) -> completion ids (N, max_new) and the
-        sampler's log-probs of them (N, max_new) float32."""
+        sampler's log-probs of them (N, max_new) float32 (0 on tool-output tokens, which ``turns`` records)."""
         from transformers import DynamicCache
 
         device = prompt_ids.device
@@ -53,11 +58,14 @@ class CompactSampler(Backend):
             if t < min_new:
                 logits = logits.index_fill(-1, eos, float("-inf"))
             token, logp = sample_next(logits, self.temperature, self.top_k, self.top_p, greedy, with_logprobs=True)
+            if turns is not None:
+                token, logp, forced = turns.step(live, t, token, logp, out, done)
             out[live, t] = token  # a row past its EOS writes tokens that finish() masks out
             out_logp[live, t] = logp
             if t == max_new - 1:
                 break
-            done = done | torch.isin(token, eos)
+            ended = torch.isin(token, eos)
+            done = done | (ended if turns is None else ended & ~forced)  # an EOS inside tool output ends nothing
             # Dropping finished rows needs their count on the host (a GPU sync): only every check_every steps.
             if (t + 1) % check_every == 0:
                 n_done = int(done.sum())

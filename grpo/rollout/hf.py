@@ -12,6 +12,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from grpo.hf_compat import cache_kwarg
 from grpo.logprobs import token_logprobs, warp_logits
 from grpo.rollout.base import Backend, register_backend
+from grpo.rollout.turns import ToolTurns, tool_rounds
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,28 @@ def neutral_generation_config(model: PreTrainedModel):
         base.generation_config = saved
 
 
+def _stop_at_call_base() -> type:
+    from transformers import StoppingCriteria
+
+    return StoppingCriteria
+
+
+class _StopAtCall(_stop_at_call_base()):
+    """A stopping criterion that ends a row of ``model.generate`` once its text ends a tool call (the check runs
+    only for rows whose newest token could end one)."""
+
+    def __init__(self, start: int, checks: list, turns: ToolTurns):
+        self.start, self.checks, self.turns = start, checks, turns
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        done = torch.zeros(input_ids.size(0), dtype=torch.bool)
+        candidates = self.turns.could_end(input_ids[:, -1]).nonzero().flatten().tolist()
+        for j in candidates:
+            if j < len(self.checks):  # rows past len(checks) pad a compiled batch bucket
+                done[j] = self.checks[j](input_ids[j, self.start:].tolist())
+        return done.to(input_ids.device)
+
+
 @register_backend("hf")
 class HFGenerateBackend(Backend):
     """Sampling with ``model.generate`` (transformers), explicitly neutral.
@@ -185,9 +208,24 @@ class HFGenerateBackend(Backend):
         return {"compile/shapes": float(len(self.compiled_shapes))} if self.compile_generation else {}
 
     def decode(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int,
-               greedy: bool, max_new: int) -> tuple[Tensor, Tensor]:
-        """``model.generate`` on the repeated prompts. (N, P) -> completion ids (N, T), sampler log-probs (N, T)."""
-        from transformers import LogitsProcessorList
+               greedy: bool, max_new: int, turns: ToolTurns | None = None) -> tuple[Tensor, Tensor]:
+        """``model.generate`` on the repeated prompts. (N, P) -> completion ids (N, T), sampler log-probs (N, T).
+
+        With ``turns`` (tools on) it generates in rounds (:func:`grpo.rollout.turns.tool_rounds`): a stopping
+        criterion ends a row at its call, and the rows with a call go on from their whole sequence as ids."""
+        if turns is None:
+            return self._generate(model, prompt_ids, prompt_mask, greedy, max_new)
+
+        def one_round(ids: Tensor, mask: Tensor, budget: int, checks: list) -> tuple[Tensor, Tensor, None]:
+            stop = _StopAtCall(ids.size(1), checks, turns)
+            return (*self._generate(model, ids, mask, greedy, budget, stop), None)
+
+        return tool_rounds(turns, one_round, prompt_ids, prompt_mask, self.tokenizer.pad_token_id)
+
+    def _generate(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool, max_new: int,
+                  stop: object | None = None) -> tuple[Tensor, Tensor]:
+        """One ``model.generate`` call (``stop``: an extra stopping criterion). (n, P) -> ids (n, T), log-probs."""
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         record = _RecordLogprobs()
         # Custom processors run after transformers' own (min_new_tokens, suppress_tokens, repetition_penalty...)
@@ -201,7 +239,8 @@ class HFGenerateBackend(Backend):
         with neutral_generation_config(model):
             out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                  generation_config=self._generation_config(greedy, max_new),
-                                 logits_processor=LogitsProcessorList(processors), **cache_kw)
+                                 logits_processor=LogitsProcessorList(processors),
+                                 stopping_criteria=StoppingCriteriaList([stop] if stop is not None else []), **cache_kw)
         out = out[:n]
         if not greedy and record.steps:
             record.steps = [step[:n] for step in record.steps]

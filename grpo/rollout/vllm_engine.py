@@ -10,6 +10,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from grpo.rollout.base import Backend, register_backend
+from grpo.rollout.turns import SYNTAX_STOPS, ToolTurns, tool_rounds
 
 # Our generation_kwargs names (transformers' GenerationConfig names, the ones compact and hf take) -> vLLM
 # SamplingParams names. vLLM-native names pass through as they are. Anything else is an error that says so.
@@ -177,25 +178,48 @@ class VLLMBackend(Backend):
         self.weights_stale = False
 
     def decode(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int,
-               greedy: bool, max_new: int) -> tuple[Tensor, Tensor]:
+               greedy: bool, max_new: int, turns: ToolTurns | None = None) -> tuple[Tensor, Tensor]:
         """Sample with vLLM from the unpadded prompt ids. (N, P) -> completion ids (N, max_new) and the sampler's
-        log-probs (N, max_new) float32 (NaN where vLLM gave none)."""
+        log-probs (N, max_new) float32 (NaN where vLLM gave none).
+
+        With ``turns`` (tools on) it generates in rounds (:func:`grpo.rollout.turns.tool_rounds`), each row sent as
+        its whole sequence of ids (prefix caching makes the resend cheap); vLLM pauses a row at the syntax's
+        closing string (``SYNTAX_STOPS``) so a finished call is seen without generating past it."""
         from vllm import SamplingParams
 
         if self.weights_stale:
             self.sync_weights(model)
-        params = SamplingParams(**vllm_sampling_kwargs(self.generation_kwargs, self.temperature, self.top_k,
-                                                       self.top_p, max_new, self.eos_ids, greedy))
-        requests = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(prompt_ids, prompt_mask)]
         if self.enable_sleep_mode:
             self.llm.wake_up(tags=["kv_cache"])
         try:
-            outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+            if turns is None:
+                params = SamplingParams(**vllm_sampling_kwargs(self.generation_kwargs, self.temperature, self.top_k,
+                                                               self.top_p, max_new, self.eos_ids, greedy))
+                requests = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(prompt_ids, prompt_mask)]
+                outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+                return vllm_outputs_to_tensors(outputs, max_new, self.tokenizer.pad_token_id, greedy, prompt_ids.device)
+            return tool_rounds(turns, lambda ids, mask, budget, _checks: self._round(ids, mask, budget, greedy, turns),
+                               prompt_ids, prompt_mask, self.tokenizer.pad_token_id)
         finally:
             if self.enable_sleep_mode:
                 self.llm.sleep(level=2)  # weights and KV cache freed for the update; pushed again after it
                 self.weights_stale = True
-        return vllm_outputs_to_tensors(outputs, max_new, self.tokenizer.pad_token_id, greedy, prompt_ids.device)
+
+    def _round(self, ids: Tensor, mask: Tensor, budget: int, greedy: bool,
+               turns: ToolTurns) -> tuple[Tensor, Tensor, list[int | None]]:
+        """One tool round: (n, W) left-padded sequences -> new ids (n, budget), log-probs, and per row the ids it
+        wrote when vLLM paused it at a syntax stop (else None)."""
+        from vllm import SamplingParams
+
+        kwargs = vllm_sampling_kwargs(self.generation_kwargs, self.temperature, self.top_k, self.top_p, budget,
+                                      self.eos_ids, greedy)
+        pauses = SYNTAX_STOPS.get(turns.toolbox.syntax, [])
+        kwargs.update(stop=list(kwargs.get("stop") or []) + pauses, include_stop_str_in_output=True)
+        requests = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(ids, mask)]
+        outputs = self.llm.generate(requests, sampling_params=SamplingParams(**kwargs), use_tqdm=False)
+        new, logp = vllm_outputs_to_tensors(outputs, budget, self.tokenizer.pad_token_id, greedy, ids.device)
+        return new, logp, [len(o.outputs[0].token_ids) if getattr(o.outputs[0], "stop_reason", None) in pauses else None
+                           for o in outputs]
 
 
 def vllm_outputs_to_tensors(outputs: list, max_new: int, pad_token_id: int, greedy: bool,
