@@ -29,11 +29,11 @@ import argparse
 import json
 import math
 import random
-import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -63,6 +63,9 @@ from grpo.tasks.arithmetic import (
     solution_tool,
     tool_output,
 )
+
+if TYPE_CHECKING:
+    from grpo.tools import Toolbox
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
@@ -158,69 +161,63 @@ def style(completion: str) -> str:
 
 
 def _generate(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, prompts: list[str], sample: bool,
-              seed: int, max_new_tokens: int, stop_at_calls: bool = False) -> list[str]:
+              seed: int, max_new_tokens: int, stop: StopAtCall | None = None) -> list[str]:
     """Completions of ``prompts`` (greedy, or sampled at temperature 1 with a fixed seed).
 
-    ``stop_at_calls``: a row stops early when its text ends with a complete calculator call.
+    ``stop``: rows stop early at a complete tool call (its ``start`` is set to the padded prompt length here).
     """
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     torch.manual_seed(seed)
     extra = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
-    if stop_at_calls:
-        extra["stopping_criteria"] = StoppingCriteriaList([StopAtCall(tokenizer, enc["input_ids"].shape[1])])
+    if stop is not None:
+        stop.start = enc["input_ids"].shape[1]
+        extra["stopping_criteria"] = StoppingCriteriaList([stop])
     ids = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **extra)
     return tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-# A complete calculator call at the end of the text generated since the last tool output (or the prompt).
-CALL_END = re.compile(re.escape(f"{FENCE}{CALCULATOR}\n") + r"([^`]*)\n" + re.escape(FENCE) + "$")
-
-
 class StopAtCall(StoppingCriteria):
-    """Per row: done when the text generated since ``start`` (the padded prompt length) ends with a call."""
+    """Per row: done when the text generated since ``start`` (the padded prompt length) ends with a complete tool
+    call (``toolbox.call_end``, as the rollout decides it)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, start: int):
-        self.tokenizer, self.start = tokenizer, start
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, start: int, toolbox: Toolbox):
+        self.tokenizer, self.start, self.toolbox = tokenizer, start, toolbox
         self.fence = tokenizer.convert_tokens_to_ids(FENCE)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         """``input_ids`` (N, prompt + new) -> (N,) bool; only rows whose newest token is the fence are decoded."""
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for i in (input_ids[:, -1] == self.fence).nonzero().flatten().tolist():
-            text = self.tokenizer.decode(input_ids[i, self.start:], skip_special_tokens=True)
-            done[i] = CALL_END.search(text) is not None
+            done[i] = self.toolbox.call_end(self.tokenizer.decode(input_ids[i, self.start:], skip_special_tokens=True))
         return done
-
-
-def calculate(expression: str) -> str:
-    """The calculator's output for a sum of whole numbers (what the corpus calls), else an error line."""
-    if re.fullmatch(r"\d+(\+\d+)*", expression):
-        return str(sum(int(t) for t in expression.split("+")))
-    return "error: not a sum"
 
 
 def generate_with_tools(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, prompts: list[str],
                         sample: bool, seed: int, max_new_tokens: int, max_calls: int = 2) -> list[str]:
-    """Completions with their calculator calls run, as the rollout runs them: generation stops at a call, the
-    tool's output block is appended, and the row resumes (at most ``max_calls`` calls, ``max_new_tokens`` in all)."""
+    """Completions with their calculator calls run, as the rollout runs them (grpo.tools' calculator and fenced
+    syntax): generation stops at a call, the tool's output block is appended, and the row resumes (at most
+    ``max_calls`` calls, ``max_new_tokens`` in all)."""
+    from grpo.tools import build_toolbox  # only --tools builds need the tools package
+
+    toolbox = build_toolbox([CALCULATOR], syntax="fenced", max_tool_calls=max_calls)
     texts = [""] * len(prompts)
     active = list(range(len(prompts)))
     for turn in range(max_calls + 1):
         budget = max_new_tokens - max(len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]) for i in active)
         if budget <= 0:
             break
-        outs = _generate(model, tokenizer, [prompts[i] + texts[i] for i in active], sample, seed + turn, budget,
-                         stop_at_calls=turn < max_calls)
-        called = []
+        stop = StopAtCall(tokenizer, 0, toolbox) if turn < max_calls else None
+        outs = _generate(model, tokenizer, [prompts[i] + texts[i] for i in active], sample, seed + turn, budget, stop)
+        calls = [(i, toolbox.parse(out)) for i, out in zip(active, outs)]
         for i, out in zip(active, outs):
             texts[i] += out
-            match = CALL_END.search(out)
-            if match and turn < max_calls:
-                texts[i] += tool_output(calculate(match.group(1)))
-                called.append(i)
-        active = called
+        called = [(i, call) for i, call in calls if call is not None and stop is not None]
+        for (i, _), result in zip(called, toolbox.run_many([call for _, call in called])):
+            texts[i] += toolbox.render(result)
+        active = [i for i, _ in called]
         if not active:
             break
+    toolbox.close()
     return texts
 
 
