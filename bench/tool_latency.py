@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.tools import build_toolbox  # noqa: E402
-from grpo.tools.sandbox import PythonSandbox  # noqa: E402
+from grpo.tools import build_toolbox
+from grpo.tools.sandbox import PythonSandbox
 
 
 def timed(fn, n: int) -> list[float]:
@@ -55,7 +55,8 @@ def main() -> None:
     sb.close()
     warm = PythonSandbox(workers=1, preload=("sympy",))
     warm.run(["pass"])
-    show("python `import sympy` (preloaded)", timed(lambda: warm.run(["import sympy; print(sympy.Integer(2)**10)"]), 20))
+    code = "import sympy; print(sympy.Integer(2)**10)"
+    show("python `import sympy` (preloaded)", timed(lambda: warm.run([code]), 20))
     warm.close()
     box = build_toolbox(["calculator"])
     show("calculator `3*7+2`", timed(lambda: box.run_many([("calculator", "3*7+2")]), args.n))

@@ -174,7 +174,8 @@ def _intact(output_dir: str | Path) -> str:
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, rank_state: dict[str, Any],
-                    total_limit: int | None, model: torch.nn.Module | None = None) -> Path:
+                    total_limit: int | None, model: torch.nn.Module | None = None,
+                    rank_files: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoint-<step>`` atomically, with sizes and checksums (all ranks call this). Returns its path.
 
     Args:
@@ -184,6 +185,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
         rank_state: this rank's extra state (data-stream position...), JSON-serialisable.
         total_limit: keep only the newest ``total_limit`` checkpoints up to ``step`` (None or 0 = keep all).
         model: the trained model, for the disk-space estimate of a first checkpoint.
+        rank_files: this rank's extra data files, ``{name: plain data}`` (tensors, text, numbers, containers),
+            written as ``<name>_<rank>.pt`` and read back by :func:`load_rank_file` (e.g. async in-flight batches).
 
     Raises:
         CheckpointError: too little free space, or a write failed; the folder being written is removed.
@@ -204,7 +207,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
             problem = None if tmp.is_dir() else f"could not create {tmp}"
     problem = _agree(accelerator, problem)
     if problem is None:
-        problem = _agree(accelerator, _write_rank_files(accelerator, tmp, rank_state))
+        problem = _agree(accelerator, _write_rank_files(accelerator, tmp, rank_state, rank_files or {}))
     if problem is None and accelerator.is_main_process:
         try:
             _seal(tmp, final, step, accelerator.num_processes)
@@ -225,11 +228,14 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     return final
 
 
-def _write_rank_files(accelerator: Accelerator, tmp: Path, rank_state: dict[str, Any]) -> str | None:
+def _write_rank_files(accelerator: Accelerator, tmp: Path, rank_state: dict[str, Any],
+                      rank_files: dict[str, Any]) -> str | None:
     """This rank's share of the checkpoint; the write error as a phrase, or None."""
     rank = accelerator.process_index
     try:
         accelerator.save_state(str(tmp))
+        for name, data in rank_files.items():
+            torch.save(data, tmp / f"{name}_{rank}.pt")
         # accelerate's RNG pickle is replaced by JSON in rank_state (see grpo.checkpoint_files).
         (tmp / f"random_states_{rank}.pkl").unlink(missing_ok=True)
         state = {**rank_state, "rng": rng_state(), "accelerator_step": accelerator.step}
@@ -328,6 +334,13 @@ def resolve_resume(accelerator: Accelerator, output_dir: str | Path, resume_from
         raise CheckpointError(f"no intact checkpoint in {out}: {'; '.join(damaged)}; pass --overwrite_output_dir "
                               "true to start again")
     return None
+
+
+def load_rank_file(path: str | Path, name: str, rank: int) -> Any:
+    """A data file written through ``save_checkpoint(rank_files=...)``, or None when the checkpoint has none.
+    Loaded with torch's restricted unpickler (``weights_only``): plain data only, no code."""
+    file = Path(path) / f"{name}_{rank}.pt"
+    return torch.load(file, map_location="cpu", weights_only=True) if file.is_file() else None
 
 
 def load_checkpoint(accelerator: Accelerator, path: str | Path) -> tuple[int, dict[str, Any]]:

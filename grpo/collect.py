@@ -11,9 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import time
+from typing import TYPE_CHECKING, Any
+
 from grpo import core
-from grpo.batch import StepBatch
-from rewards.calling import logged_metric_names
+from grpo.batch import RolloutBatch, StepBatch
+from grpo.tasks.templates import reward_prompts
+from rewards.calling import TrainerState, logged_metric_names
+from rewards.combine import score
+
+if TYPE_CHECKING:
+    from grpo.tasks import Task
 
 
 def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, dynamic: bool, max_rounds: int,
@@ -60,3 +68,38 @@ def collect(sample_round: Callable[[], tuple[StepBatch, dict[str, float]]], *, d
     metrics.update({"dynamic_sampling/rounds": float(rounds), "dynamic_sampling/signal_groups_frac": len(kept) / seen,
                     "dynamic_sampling/filled_frac": min(len(kept), B) / B})
     return batch, metrics
+
+
+def trainer_state(stream: Any, global_step: int, max_steps: int) -> TrainerState:
+    """TRL's ``trainer_state`` for the rewards: steps finished, ``max_steps``, epochs of ``stream``'s rows read."""
+    rows = len(getattr(stream, "rows", None) or ()) or None
+    epoch = getattr(stream, "epoch", 0) + getattr(stream, "pos", 0) / rows if rows else 0.0
+    return TrainerState(global_step=global_step, max_steps=max_steps, epoch=float(epoch))
+
+
+def score_round(rollout: RolloutBatch, rows: list[dict[str, Any]], group_size: int, rewards: list[Any], task: Task,
+                trainer_state: TrainerState) -> tuple[StepBatch, dict[str, float]]:
+    """Score one round's completions with the run's rewards (the trainer's own rollouts, or the async worker's).
+
+    Args:
+        rollout: N = B x G sampled completions.
+        rows: the B prompt rows they answer (dataset columns the rewards may take).
+        group_size: G.
+        rewards: the run's reward specs (:func:`rewards.combine.build_rewards`).
+        task: for the prompts the rewards see (:func:`grpo.tasks.templates.reward_prompts`).
+        trainer_state: TRL's ``trainer_state`` for the rewards.
+
+    Returns:
+        The batch of N rows with rewards (N,) and per-reward scores, and the reward metrics plus ``time/reward_s``.
+    """
+    t0 = time.perf_counter()
+    rows = [r for r in rows for _ in range(group_size)]
+    notes: list[dict] = [{} for _ in rows]  # per-sample verdicts (accuracy's reasons) for completions.jsonl
+    ids = [c[m.bool()].tolist() for c, m in zip(rollout.completion_ids, rollout.completion_mask)]  # TRL's form
+    total, per_reward, reward_metrics = score(
+        rewards, rollout.completions, rows, reward_prompts(task, rows, rollout.prompts),
+        completion_lengths=rollout.lengths.tolist(), notes=notes, completion_ids=ids, trainer_state=trainer_state,
+        tool_calls=rollout.tool_records())
+    rows = [dict(row, verdicts=note) if note else row for row, note in zip(rows, notes)]
+    batch = StepBatch(rollout, rows, group_size, total, per_reward)
+    return batch, {"time/reward_s": time.perf_counter() - t0, **reward_metrics}

@@ -90,6 +90,21 @@ class GRPOConfig:
     tool_workers: int = _f(2, "Tool calls that run at once (warm sandbox processes per rank).")
     vllm_enable_sleep_mode: bool = _f(True, "vllm backend: free vLLM's weights and KV cache during updates (sleep level 2) "
                                       "and push the weights back before each rollout.")
+    # --- async rollouts (grpo/worker)
+    async_rollouts: bool = _f(False, "Sample the next batches in a worker process (its own policy copy, backend and rewards) "
+                              "while the trainer updates on this one. Deterministic: batch k is sampled from the weights "
+                              "max_staleness steps behind the ones it trains (docs/rollout.md).")
+    max_staleness: int = _f(1, "Async rollouts: how many optimizer steps the sampling weights lag behind the trained ones "
+                            "(1 = one-step-off: batch k+1 is sampled while step k trains). TRL's name.")
+    rollout_threads: int = _f(1, "Async rollouts on CPU: torch threads of the rollout worker (the trainer keeps cpu_threads); "
+                              "give each process its own cores.")
+    rollout_device: str = _f("auto", "Async rollouts: the worker's device. auto = cpu on a CPU run; on GPUs the first GPU after "
+                             "the trainers' (cuda:1 for one trainer) when there is one, else the trainer's own; or a "
+                             "device such as cuda:1.")
+    weight_sync_timeout_s: float = _f(60.0, "Async rollouts: stop the run when the worker has not loaded and verified new "
+                                      "weights this long after it needed them.")
+    rollout_timeout_s: float = _f(600.0, "Async rollouts: stop the run when the worker sends nothing this long (a hung "
+                                  "backend or reward).")
     # --- algorithm
     learning_rate: float = _f(1e-6, "AdamW peak learning rate.")
     lr_scheduler_type: str = _f("constant", "transformers scheduler name: constant, linear, cosine, constant_with_warmup...")
@@ -114,8 +129,9 @@ class GRPOConfig:
     num_iterations: int = _f(1, "mu: policy updates per rollout batch (1 = on-policy; ratio is then exactly 1).")
     vllm_importance_sampling_correction: bool | None = _f(
         None, "Reweight the loss by the trainer/sampler probability ratio of the sampled tokens (TRL's correction for "
-        "the sampler's numerical mismatch). None = auto: on for rollout_backend vllm (TRL's default), off for compact "
-        "and hf, which sample with the training weights (true there measures it: sampling/* metrics).")
+        "the sampler's numerical mismatch, and for stale weights with async_rollouts). None = auto: on for rollout_backend "
+        "vllm (TRL's default) and with async_rollouts, off for compact and hf, which sample with the training weights "
+        "(true there measures it: sampling/* metrics).")
     vllm_importance_sampling_mode: str = _f("sequence_mask", f"{_names(correction.SAMPLING_CORRECTIONS)} (TRL's names "
                                             "and default; grpo/correction.py).")
     vllm_importance_sampling_clip_max: float | None = _f(3.0, "Upper bound C_max of the correction ratio: truncate "
@@ -215,6 +231,7 @@ def validate(cfg: GRPOConfig) -> None:
     _check_model_options(cfg)
     _check_logging(cfg)
     _check_tools(cfg)
+    _check_async(cfg)
 
 
 # dtype names users may write -> the torch dtype's name (the one table; grpo.model resolves it, "auto" aside).
@@ -248,9 +265,9 @@ def _check_tools(cfg: GRPOConfig) -> None:
                           f"got {cfg.tools!r}")
     if cfg.tool_syntax not in TOOL_SYNTAXES:
         raise ConfigError(f"tool_syntax must be one of {', '.join(TOOL_SYNTAXES)}; got {cfg.tool_syntax!r}")
-    for key in ("max_tool_calls", "tool_memory_mb", "tool_max_output_chars", "tool_workers"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    for key, low in (("max_tool_calls", 1), ("tool_memory_mb", 64), ("tool_max_output_chars", 1), ("tool_workers", 1)):
+        if getattr(cfg, key) < low:  # 64 MB: less cannot start a Python interpreter in the sandbox
+            raise ConfigError(f"config key '{key}' must be >= {low}, got {getattr(cfg, key)}")
     if cfg.tool_timeout_s <= 0:
         raise ConfigError(f"tool_timeout_s must be > 0 seconds, got {cfg.tool_timeout_s}")
 
@@ -265,6 +282,18 @@ def _check_logging(cfg: GRPOConfig) -> None:
     bad = [w for w in cfg.reflection_words if not isinstance(w, str) or not w.strip()]
     if bad:
         raise ConfigError(f"reflection_words must be non-empty strings, got {bad[0]!r}; e.g. [wait, verify, let me]")
+
+
+def _check_async(cfg: GRPOConfig) -> None:
+    """Async rollout options (whether the worker's device exists: when the worker starts)."""
+    if cfg.max_staleness < 0:
+        raise ConfigError(f"max_staleness must be >= 0 (0: the worker samples with the newest weights, no overlap), "
+                          f"got {cfg.max_staleness}")
+    if cfg.rollout_threads < 1:
+        raise ConfigError(f"rollout_threads must be >= 1, got {cfg.rollout_threads}")
+    for key in ("weight_sync_timeout_s", "rollout_timeout_s"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0 seconds, got {getattr(cfg, key)}")
 
 
 def to_dict(cfg: GRPOConfig) -> dict:

@@ -124,12 +124,14 @@ class CorrectionOptions:
                              "or vllm_importance_sampling_clip_min")
 
 
-def correction_enabled(setting: bool | None, rollout_backend: str, decode_copy: bool = False) -> bool:
+def correction_enabled(setting: bool | None, rollout_backend: str, decode_copy: bool = False,
+                       async_rollouts: bool = False) -> bool:
     """Whether the loss is reweighted by the sampler/trainer ratio. ``setting`` is
-    ``vllm_importance_sampling_correction``: ``None`` (auto) means on for the vllm backend (as TRL) and when decoding
-    from a bf16 copy of float32 weights (``decode_copy``, grpo/precision.py), off for compact / hf decoding with the
-    very weights the trainer scores (their mismatch is float rounding; set it true to measure it)."""
-    return (rollout_backend == "vllm" or decode_copy) if setting is None else bool(setting)
+    ``vllm_importance_sampling_correction``: ``None`` (auto) means on for the vllm backend (as TRL), when decoding
+    from a bf16 copy of float32 weights (``decode_copy``, grpo/precision.py) and with async rollouts (the sampler's
+    weights are ``max_staleness`` steps old), off for compact / hf decoding with the very weights the trainer scores
+    (their mismatch is float rounding; set it true to measure it)."""
+    return (rollout_backend == "vllm" or decode_copy or async_rollouts) if setting is None else bool(setting)
 
 
 def correct(sampler_logprobs: Tensor, old_logprobs: Tensor, mask: Tensor,

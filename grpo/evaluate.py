@@ -9,7 +9,7 @@ standalone on any saved or hub model, so a base model can be scored before train
     accelerate launch --num_processes 8 -m grpo.evaluate MODEL --task gsm8k      # rows sharded over GPUs
 
 It prints accuracy (greedy pass@1), pass@k, format rate and mean length, and with ``--output FILE`` writes
-them and every completion as JSON.
+them and every completion as JSON. A recipe with ``tools`` (``--config``) is evaluated with its tools, as it trained.
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         cfg = load_config(["--config", args.config])
         s.update(task=cfg.task, task_kwargs=dict(cfg.task_kwargs), rewards=cfg.rewards, reward=cfg.eval_reward,
                  batch_size=cfg.eval_batch_size, pass_k=cfg.eval_pass_k, temperature=cfg.temperature,
-                 max_new_tokens=cfg.eval_max_completion_length or cfg.max_completion_length, explicit_budget=True)
+                 max_new_tokens=cfg.eval_max_completion_length or cfg.max_completion_length, explicit_budget=True,
+                 tools_config=cfg if cfg.tools else None)  # a recipe with tools is evaluated with them
     if args.task and args.task != s["task"]:
         s["task_kwargs"] = {}  # another task than the recipe's: its kwargs do not apply
     for key in ("task", "reward", "batch_size", "max_new_tokens", "pass_k", "temperature"):
@@ -266,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     from grpo.accelerator import close_distributed
     from grpo.errors import ConfigError
     from grpo.model import load_for_eval
+    from grpo.rollout import toolbox_for_run
     from grpo.tasks import reward_defaults
 
     try:
@@ -279,14 +281,16 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_for_eval(args.model, args.dtype, args.trust_remote_code, args.attn_implementation,
                                          args.gguf_file)
         rows = task.eval_rows(tokenizer)  # a chat template the tokenizer lacks is a one-line error too
+        toolbox = toolbox_for_run(s["tools_config"], tokenizer) if s.get("tools_config") else None
     except (ConfigError, ValueError, TypeError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     acc = Accelerator(cpu=not torch.cuda.is_available())
     model = model.to(acc.device)
-    backend = CompactSampler(tokenizer, s["max_new_tokens"], temperature=s["temperature"])
+    backend = CompactSampler(tokenizer, s["max_new_tokens"], temperature=s["temperature"], toolbox=toolbox)
     result = evaluate(model, backend, rows, acc, s["batch_size"], s["max_new_tokens"],
                       accuracy_fn=accuracy_fn, format_fn=format_fn, pass_k=s["pass_k"], keep_samples=bool(args.output))
+    backend.close()
     if acc.is_main_process:
         n = int(result["eval/num_rows"])
         line = (f"{args.model} on {s['task']} ({n} rows): accuracy {result['eval/accuracy']:.4f}  format "

@@ -40,6 +40,11 @@ REDUCTIONS: dict[str, str] = {
     "tools/error_rate": "mean",
     "tools/seconds": "mean",
     "tools/output_tokens": "mean",
+    "async/trainer_wait_s": "max",  # async rollouts (grpo/worker): the slowest rank's wait sets the pace
+    "async/worker_wait_s": "max",
+    "async/staleness": "max",
+    "weight_sync/seconds": "max",
+    "weight_sync/bytes": "sum",
 }
 DEFAULT_REDUCTION = "sum"
 

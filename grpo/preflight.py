@@ -249,7 +249,7 @@ RESUMABLE_KEYS = frozenset({
     "max_steps", "eval_steps", "eval_batch_size", "logging_steps", "report_to", "log_completions_steps",
     "save_final_model", "save_steps", "save_total_limit", "resume_from_checkpoint", "overwrite_output_dir",
     "max_bad_steps", "cpu_threads", "output_dir", "reflection_words", "eval_pass_k", "eval_max_completion_length",
-    "eval_reward", "smoke",
+    "eval_reward", "smoke", "rollout_threads", "rollout_device", "weight_sync_timeout_s", "rollout_timeout_s",
 })
 
 

@@ -15,7 +15,11 @@ T completion tokens.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,8 +30,15 @@ from grpo import core, metrics, scoring
 from grpo.accelerator import build_optimizer, full_weights, make_accelerator, optimizer_step
 from grpo.advantages import advantages_over_ranks
 from grpo.batch import RolloutBatch, StepBatch, UpdateStats
-from grpo.checkpoint import load_checkpoint, resolve_resume, restore_logs, save_checkpoint, write_errors
-from grpo.collect import collect
+from grpo.checkpoint import (
+    load_checkpoint,
+    load_rank_file,
+    resolve_resume,
+    restore_logs,
+    save_checkpoint,
+    write_errors,
+)
+from grpo.collect import collect, score_round, trainer_state
 from grpo.config import GRPOConfig, correction_options, loss_options
 from grpo.correction import correct, correction_enabled
 from grpo.dist import any_rank, gather_records, sum_over_ranks, weights_sharded
@@ -47,9 +58,9 @@ from grpo.rollout import backend_for_run
 from grpo.run_record import last_logged_eval, logged_eval, logged_step_seconds
 from grpo.stop import StopRequest, count_bad_steps
 from grpo.tasks import Task, get_task
-from grpo.tasks.templates import reward_prompts
+from grpo.worker.client import AsyncRollouts, worker_device
 from rewards.calling import TrainerState
-from rewards.combine import build_rewards, score
+from rewards.combine import build_rewards
 
 
 class Trainer:
@@ -78,7 +89,8 @@ class Trainer:
         self.backend = backend_for_run(cfg, self.tokenizer, resolve_model_path(cfg.model_name_or_path), decode_dtype)
         self.loss_options = loss_options(cfg)
         self.correction = (correction_options(cfg) if correction_enabled(
-            cfg.vllm_importance_sampling_correction, cfg.rollout_backend, decode_dtype is not None) else None)
+            cfg.vllm_importance_sampling_correction, cfg.rollout_backend, decode_dtype is not None,
+            cfg.async_rollouts) else None)
         self.scoring = scoring.ScoringOptions(
             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
             # ZeRO-3 / FSDP shard the lm_head weight: the fused head needs it whole, so it computes all logits there.
@@ -86,6 +98,9 @@ class Trainer:
             # Gradient checkpointing turns the KV cache off in training, which prompt sharing needs.
             share_prompts=cfg.share_prompt_forward and not cfg.gradient_checkpointing)
         self.logger = MetricsLogger(cfg, acc)
+        self.rollouts = self._async_rollouts() if cfg.async_rollouts else None
+        self.worker_stream: dict | None = None  # async: the worker's data position after the last batch taken
+        self.resumed_in_flight: dict[int, dict] = {}  # async: batches a checkpoint held, by step
         self.bad_steps = 0  # consecutive steps whose update was dropped as non-finite
         self.global_step = 0  # steps finished, for the rewards' trainer_state
 
@@ -97,27 +112,22 @@ class Trainer:
         rows = self.stream.take(self.prompts_per_step)
         with full_weights(self.model, self.accelerator) as model:  # FSDP: gathered once, not per decoded token
             rollout = self.backend.generate(model, [r["prompt"] for r in rows], G)
-        rows = [r for r in rows for _ in range(G)]
-        t1 = time.perf_counter()
-        notes: list[dict] = [{} for _ in rows]  # per-sample verdicts (accuracy's reasons) for completions.jsonl
-        ids = [c[m.bool()].tolist() for c, m in zip(rollout.completion_ids, rollout.completion_mask)]  # TRL's form
-        rewards, per_reward, reward_metrics = score(
-            self.rewards, rollout.completions, rows, reward_prompts(self.task, rows, rollout.prompts),
-            completion_lengths=rollout.lengths.tolist(), notes=notes, completion_ids=ids,
-            trainer_state=self.reward_state(), tool_calls=rollout.tool_records())
-        rows = [dict(row, verdicts=note) if note else row for row, note in zip(rows, notes)]
-        timing = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
-        return StepBatch(rollout, rows, G, rewards, per_reward), {**timing, **reward_metrics}
+        rollout_s = time.perf_counter() - t0
+        batch, round_metrics = score_round(rollout, rows, G, self.rewards, self.task, self.reward_state())
+        return batch, {"time/rollout_s": rollout_s, **round_metrics}
 
     def reward_state(self) -> TrainerState:
         """TRL's ``trainer_state`` for the rewards: steps finished, ``max_steps``, epochs of train rows so far."""
-        rows = len(getattr(self.stream, "rows", None) or ()) or None
-        epoch = getattr(self.stream, "epoch", 0) + getattr(self.stream, "pos", 0) / rows if rows else 0.0
-        return TrainerState(global_step=self.global_step, max_steps=self.cfg.max_steps, epoch=float(epoch))
+        return trainer_state(self.stream, self.global_step, self.cfg.max_steps)
 
-    def collect(self) -> tuple[StepBatch, dict[str, float]]:
-        """This step's batch of N (rewards included), with DAPO dynamic sampling when configured (grpo.collect)."""
+    def collect(self, step: int) -> tuple[StepBatch, dict[str, float]]:
+        """Batch ``step`` of N (rewards included), with DAPO dynamic sampling when configured (grpo.collect); with
+        async rollouts, taken from the worker, which sampled it from the weights ``max_staleness`` steps back."""
         cfg = self.cfg
+        if self.rollouts is not None:
+            batch, metrics_, payload = self.rollouts.take(step)
+            self.worker_stream = json.loads(payload["stream"])
+            return batch, metrics_
         return collect(self.sample_round, dynamic=cfg.dynamic_sampling, max_rounds=cfg.max_sampling_rounds,
                        pad_token_id=self.tokenizer.pad_token_id,
                        any_rank_needs_more=lambda need: any_rank(self.accelerator, need))
@@ -209,7 +219,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         self.global_step = step - 1  # as TRL's trainer_state while this step's batch is scored
         t0 = time.perf_counter()
-        batch, collect_metrics = self.collect()
+        batch, collect_metrics = self.collect(step)
         t2 = time.perf_counter()
         batch.advantages = self.advantages(batch)
         if self.logger.should_log_completions(step):
@@ -219,12 +229,17 @@ class Trainer:
         # momentum would still move the weights, which damages small models. Skip the update instead.
         any_signal = sum_over_ranks(acc, batch.advantages.abs().sum()) > 0
         stats = self.update(batch) if any_signal or cfg.beta > 0 else UpdateStats.skipped()
+        sync = {}
+        if self.rollouts is not None:  # the worker samples batch step + 1 + max_staleness from these weights
+            with full_weights(self.model, acc) as model:
+                sync = self.rollouts.push(step, model, changed=not stats.skipped_update)
         t3 = time.perf_counter()
         r = batch.rollout
         m = metrics.rollout_metrics_over_ranks(acc, batch.rewards, r.model_lengths, r.truncated, batch.per_reward,
                                                r.completions, batch.group_size, cfg.reflection_words,
                                                count_tokens=self._count_tokens)
-        m.update(metrics.reduce_over_ranks(acc, {**stats.as_metrics(), **collect_metrics, **metrics.tool_metrics(r)}))
+        m.update(metrics.reduce_over_ranks(acc, {**stats.as_metrics(), **collect_metrics, **sync,
+                                                 **metrics.tool_metrics(r)}))
         m.update(self.backend.metrics())  # e.g. compile/shapes with compile_generation
         m["learning_rate"] = self.scheduler.get_last_lr()[0]
         m["time/update_s"], m["time/step_s"] = t3 - t2, t3 - t0
@@ -256,38 +271,15 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         resume_from = resolve_resume(acc, cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
         self.logger.start()
-        start_step, first_eval, last_eval = 0, None, None
-        if resume_from is not None:
-            start_step, rank_state = load_checkpoint(acc, resume_from)
-            self.backend.mark_stale()  # an engine with its own weights (vllm) must not sample the pre-resume ones
-            self.stream.load_state_dict(rank_state["stream"])
-            self.bad_steps = rank_state.get("bad_steps", 0)
-            restore_logs(acc, resume_from, cfg.output_dir)
-            first_eval = logged_eval(Path(cfg.output_dir) / "metrics.jsonl", 0)
-            acc.print(f"resuming from {resume_from} at step {start_step} of {cfg.max_steps}")
-        elif cfg.eval_steps:
-            first_eval = self.evaluate()
-            self.logger.log(0, first_eval)
-        last_eval = first_eval
+        start_step, first_eval = self._resume(resume_from) if resume_from is not None else (0, None)
         stop = StopRequest()
-        t_start = time.perf_counter()
-        step = start_step
-        with stop.installed():
-            for step in range(start_step + 1, cfg.max_steps + 1):
-                m = self.step(step)
-                self.logger.log(step, m)
-                self.bad_steps = count_bad_steps(self.bad_steps, m, cfg.max_bad_steps, step)
-                if cfg.eval_steps and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
-                    last_eval = self.evaluate()
-                    self.logger.log(step, last_eval)
-                stopping = stop.agreed(acc)
-                # save_steps 0 means "only at the end": the last step always saves, so a finished run can resume.
-                if (cfg.save_steps and step % cfg.save_steps == 0) or stopping or step == cfg.max_steps:
-                    path = self.save_checkpoint(step)
-                if stopping:
-                    acc.print(f"stopped by signal after step {step}; checkpoint saved to {path}. "
-                              "Rerun the same command to resume.")
-                    break
+        with self._worker_running(start_step):  # async: the worker builds its model during the first eval
+            if resume_from is None and cfg.eval_steps:
+                first_eval = self.evaluate()
+                self.logger.log(0, first_eval)
+            t_start = time.perf_counter()
+            with stop.installed():
+                step, last_eval = self._steps(start_step, first_eval, stop)
         if start_step >= cfg.max_steps:
             acc.print(f"nothing to do: {cfg.output_dir} already finished step {start_step}; raise --max_steps to "
                       "continue or pass --overwrite_output_dir true to start again")
@@ -307,12 +299,84 @@ class Trainer:
         self.logger.finish(summary)
         return summary
 
+    def _steps(self, start_step: int, last_eval: dict[str, float] | None,
+               stop: StopRequest) -> tuple[int, dict[str, float] | None]:
+        """Steps start_step + 1 .. max_steps with their evals and checkpoints, until done or stopped by a signal.
+        -> (the last step run, the last eval)."""
+        cfg, acc = self.cfg, self.accelerator
+        step = start_step
+        for step in range(start_step + 1, cfg.max_steps + 1):
+            m = self.step(step)
+            self.logger.log(step, m)
+            self.bad_steps = count_bad_steps(self.bad_steps, m, cfg.max_bad_steps, step)
+            if cfg.eval_steps and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+                last_eval = self.evaluate()
+                self.logger.log(step, last_eval)
+            stopping = stop.agreed(acc)
+            # save_steps 0 means "only at the end": the last step always saves, so a finished run can resume.
+            if (cfg.save_steps and step % cfg.save_steps == 0) or stopping or step == cfg.max_steps:
+                path = self.save_checkpoint(step)
+            if stopping:
+                acc.print(f"stopped by signal after step {step}; checkpoint saved to {path}. "
+                          "Rerun the same command to resume.")
+                break
+        return step, last_eval
+
+    def _resume(self, resume_from: Path) -> tuple[int, dict[str, float] | None]:
+        """Load checkpoint ``resume_from`` (model, optimizer, RNG, data position, logs; async: the batches in
+        flight, and the worker starts after them). -> (its step, the run's first eval from the logs)."""
+        cfg, acc = self.cfg, self.accelerator
+        start_step, rank_state = load_checkpoint(acc, resume_from)
+        self.backend.mark_stale()  # an engine with its own weights (vllm) must not sample the pre-resume ones
+        self.stream.load_state_dict(rank_state["stream"])
+        self.bad_steps = rank_state.get("bad_steps", 0)
+        if self.rollouts is not None:
+            saved = load_rank_file(resume_from, "in_flight", acc.process_index) or {}
+            self.resumed_in_flight = {int(k): v for k, v in saved.items()}
+            self.worker_stream = rank_state["stream"]  # the position after the last batch in flight
+        restore_logs(acc, resume_from, cfg.output_dir)
+        acc.print(f"resuming from {resume_from} at step {start_step} of {cfg.max_steps}")
+        return start_step, logged_eval(Path(cfg.output_dir) / "metrics.jsonl", 0)
+
+    # --- async rollouts (grpo/worker) ---------------------------------------------------------------------
+
+    def _async_rollouts(self) -> AsyncRollouts:
+        """This rank's rollout worker handle (started in ``train``, after a resume is known)."""
+        acc = self.accelerator
+        device = worker_device(self.cfg.rollout_device, acc.device, acc.local_process_index,
+                               int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        with full_weights(self.model, acc) as model:
+            return AsyncRollouts(self.cfg, acc.process_index, device, self.prompts_per_step, model)
+
+    @contextlib.contextmanager
+    def _worker_running(self, start_step: int) -> Iterator[None]:
+        """Start the worker for this session's steps (after the batches a checkpoint held in flight, from the
+        current weights) and stop it however the loop ends."""
+        if self.rollouts is None:
+            yield
+            return
+        in_flight = self.resumed_in_flight
+        first_batch = start_step + 1 + len(in_flight)
+        with full_weights(self.model, self.accelerator) as model:
+            self.rollouts.start(model, first_batch, start_step, self.worker_stream, in_flight)
+        try:
+            yield
+        finally:
+            self.rollouts.close()
+
     # --- checkpoints -------------------------------------------------------------------------------------
 
     def save_checkpoint(self, step: int) -> Path:
-        """Atomic ``output_dir/checkpoint-<step>`` with everything exact resume needs (all ranks call this)."""
+        """Atomic ``output_dir/checkpoint-<step>`` with everything exact resume needs (all ranks call this); with
+        async rollouts also the batches sampled for later steps and the worker's data position after them."""
         state = {"stream": self.stream.state_dict(), "bad_steps": self.bad_steps}
-        return save_checkpoint(self.accelerator, self.cfg.output_dir, step, state, self.cfg.save_total_limit, self.model)
+        files = None
+        if self.rollouts is not None:
+            in_flight = self.rollouts.in_flight(step)
+            state["stream"] = json.loads(in_flight[max(in_flight)]["stream"]) if in_flight else self.worker_stream
+            files = {"in_flight": {str(k): v for k, v in in_flight.items()}}
+        return save_checkpoint(self.accelerator, self.cfg.output_dir, step, state, self.cfg.save_total_limit,
+                               self.model, rank_files=files)
 
 
 def loss_mask(rollout: RolloutBatch, mask_truncated: bool) -> Tensor:

@@ -7,6 +7,7 @@ calculator toolbox is checked on its own."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ def tool_reward(completions: list[str], tool_calls: list[list[dict]], **kwargs) 
     (["--tool_syntax", "xml"], "tool_syntax must be one of fenced, chat; got 'xml'"),
     (["--max_tool_calls", "0"], "'max_tool_calls' must be >= 1, got 0"),
     (["--tool_timeout_s", "0"], "tool_timeout_s must be > 0 seconds"),
+    (["--tool_memory_mb", "16"], "'tool_memory_mb' must be >= 64, got 16"),
     (["--tools", "[1]"], "tools must be a list of tool names"),
 ])
 def test_bad_tool_options_are_one_line_errors(args, message):
@@ -113,27 +115,72 @@ def test_lora_run_with_tool_calls(tmp_path, double):
         any(c["error"] is None for c in calls) for calls in seen["tool_calls"])
 
 
+def with_double_everywhere(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Python processes (launched ranks, the spawned rollout worker) build the test double
+    as the run's toolbox: a sitecustomize on PYTHONPATH swaps ``grpo.tools.build_toolbox`` at start-up."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import grpo.tools\nfrom tool_doubles import FakeToolbox\n"
+        "grpo.tools.build_toolbox = lambda specs, **kw: FakeToolbox(every=3, max_tool_calls=kw['max_tool_calls'])\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT / "tests"), str(ROOT)]),
+            "CUDA_VISIBLE_DEVICES": ""}
+
+
+def tool_rows(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "reward" in r]
+
+
 @pytest.mark.slow
 def test_two_rank_ddp_run_with_tool_calls(tmp_path):
-    """2 gloo ranks (accelerate launch, DDP), each with its own toolbox (the double, installed by a launcher
-    script): both ranks' completions count and the tools/* metrics are reduced over ranks."""
-    script = tmp_path / "launch_with_double.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path[:0] = [{str(ROOT / 'tests')!r}, {str(ROOT)!r}]\n"
-        "import grpo.tools\nfrom tool_doubles import FakeToolbox\n"
-        "grpo.tools.build_toolbox = lambda specs, **kw: FakeToolbox(every=3, max_tool_calls=kw['max_tool_calls'])\n"
-        "import train\nsys.exit(train.main(sys.argv[1:]))\n")
+    """2 gloo ranks (accelerate launch, DDP), each with its own toolbox: both ranks' completions count and the
+    tools/* metrics are reduced over ranks."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-           str(script), *TOOL_ARGS, *SMALL, "--max_steps", "2", "--output_dir", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+           str(ROOT / "train.py"), *TOOL_ARGS, *SMALL, "--max_steps", "2", "--output_dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
+                          env=with_double_everywhere(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in train if "reward" in r]
+    train = tool_rows(out)
     assert [r["completions/count"] for r in train] == [32, 32]
     assert all(r["tools/calls_per_completion"] > 0 for r in train)
+
+
+@pytest.mark.slow
+def test_async_rollout_worker_runs_tool_turns(tmp_path):
+    """With async_rollouts the worker process builds its own toolbox (backend_for_run) and its batches, tool mask
+    and calls, cross the pipe to the trainer."""
+    out = tmp_path / "async"
+    cmd = [sys.executable, str(ROOT / "train.py"), *TOOL_ARGS, *SMALL, "--max_steps", "3", "--async_rollouts", "true",
+           "--output_dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
+                          env=with_double_everywhere(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = tool_rows(out)
+    assert [r["step"] for r in train] == [1, 2, 3] and all(r["tools/calls_per_completion"] > 0 for r in train)
+    records = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert any(r["tool_calls"] and r["tool_tokens"] > 0 for r in records)
+
+
+def test_a_batch_with_tool_turns_survives_the_wire():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo.batch import StepBatch
+    from grpo.rollout import make_backend
+    from grpo.worker.wire import batch_from_payload, batch_payload, from_bytes, to_bytes
+
+    tok = AutoTokenizer.from_pretrained(ROOT / "models" / "tiny-base")
+    torch.manual_seed(0)
+    rollout = make_backend("compact", tok, max_completion_length=40, toolbox=FakeToolbox(every=3)).generate(
+        AutoModelForCausalLM.from_pretrained(ROOT / "models" / "tiny-base"), ["Q: 1+2=?\nA:"], 4)
+    assert sum(map(len, rollout.tool_calls)) > 0
+    batch = StepBatch(rollout, [{"prompt": "p"}] * 4, 4, torch.zeros(4))
+    back = batch_from_payload(from_bytes(to_bytes(batch_payload(batch, {}, 1, 0, {}, 0.0)))).rollout
+    assert torch.equal(back.tool_mask, rollout.tool_mask) and back.tool_records() == rollout.tool_records()
+    row = next(i for i, calls in enumerate(back.tool_calls) if calls)
+    assert isinstance(back.tool_calls[row][0], grpo.tools.ToolCall)
 
 
 def test_curves_gain_a_tool_panel_when_tools_are_logged():
@@ -164,3 +211,18 @@ def test_every_tool_metric_is_documented_and_has_a_reduction():
     for key in keys:
         assert f"`{key}`" in doc, key
         assert metrics.reduction(key) == ("sum" if key == "tools/timeouts" else "mean"), key
+
+
+def test_evaluate_cli_runs_a_recipe_with_its_tools(tmp_path, capsys, double):
+    from grpo.evaluate import main
+
+    recipe = tmp_path / "tools.yaml"
+    recipe.write_text("task: arithmetic\ntask_kwargs: {num_eval: 8}\nmax_completion_length: 30\n"
+                      "tools: [calculator]\nmax_tool_calls: 2\n")
+    out = tmp_path / "eval.json"
+    assert main([str(ROOT / "models" / "tiny-base"), "--config", str(recipe), "--output", str(out)]) == 0
+    (specs, kwargs, box), = double
+    assert specs == ["calculator"] and kwargs["max_tool_calls"] == 2 and box.closed >= 1
+    assert "accuracy" in capsys.readouterr().out
+    samples = json.loads(out.read_text())["samples"]
+    assert len(samples) == 8 and sum(box.batches) > 0  # the greedy eval rollouts called the tool

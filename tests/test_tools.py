@@ -121,6 +121,11 @@ def test_fenced_could_end_prefilter(fenced):
     assert fenced.could_end("```") and fenced.could_end("`\n") and not fenced.could_end("print")
 
 
+def test_fenced_unreadable_call_gets_the_fenced_hint(fenced):
+    [call] = fenced.run_many([("", "```calculator 1+1```")])
+    assert call.error.startswith("malformed tool call: write a block that opens with ```<tool>")
+
+
 def test_fenced_render(fenced):
     assert fenced.render(ToolCall("calculator", "3*7+2", "23")) == "\n```output\n23\n```\n"
     assert fenced.render(ToolCall("python", "x", "a\nb\n")) == "\n```output\na\nb\n```\n"
@@ -240,6 +245,20 @@ def test_plugin_calls_fenced_and_chat(plugin):
     assert chat.run_many([("word_count", json.dumps({"text": "a b c d"}))])[0].output == "4"
 
 
+def test_registry_entry_point(plugin, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from grpo.tools import registry
+
+    eps = [EntryPoint("count_words", "my_tools_plugin:word_count", registry.ENTRY_POINT_GROUP),
+           EntryPoint("broken_ep", "no_such_module_xyz:f", registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [e for e in eps if e.group == group])
+    tool = resolve("count_words")
+    assert tool.name == "count_words" and tool.fn("a b") == 2
+    with pytest.raises(ConfigError, match="entry point 'no_such_module_xyz:f' failed to load"):
+        resolve("broken_ep")
+
+
 BAD = {
     "unknown name": ("calculater", "unknown tool 'calculater' (did you mean 'calculator'?)"),
     "missing module": ("no_such_module_xyz:f", "no module 'no_such_module_xyz' on the Python path"),
@@ -294,6 +313,8 @@ def test_python_tool_through_the_toolbox():
         box.close()
     assert [c.output for c in calls[:2]] == ["42\n", "2"] and calls[2].error.startswith("python: the arguments")
     assert calls[0].arguments == '{"code": "print(6*7)"}'
+    after = box.run_many([("calculator", '{"expression": "1+2"}'), ("python", '{"code": "print(1)"}')])
+    assert after[0].output == "3" and after[1].error == "the sandbox is closed"  # closed: still never raises
 
 
 def test_tools_off_imports_nothing():

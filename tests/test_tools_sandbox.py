@@ -9,7 +9,6 @@ import resource
 import socket
 import time
 
-import psutil
 import pytest
 
 from grpo.tools.sandbox import MAX_FILE_MB, MAX_OPEN_FILES, MAX_PROCS, PythonSandbox
@@ -30,20 +29,54 @@ def run1(sb: PythonSandbox, code: str):
     return sb.run([code])[0]
 
 
-def leftovers(root: str) -> list[psutil.Process]:
-    """Processes whose working folder is inside the sandbox's root (every call starts in its own folder there)."""
-    found = []
-    for p in psutil.process_iter(["cwd"]):
-        if (p.info.get("cwd") or "").startswith(root):
-            found.append(p)
+def processes() -> dict[int, dict]:
+    """Every process now, from /proc (Linux, as the sandbox): pid -> state, parent, real uid, cwd, RSS in KiB."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+            try:
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:  # zombies have none
+                cwd = ""
+        except (OSError, IndexError, ValueError):
+            continue  # it ended while we looked
+        rss = int(status.get("VmRSS", "0 kB").split()[0])
+        found[int(entry)] = {"state": fields[0], "ppid": int(fields[1]), "uid": int(status["Uid"].split()[0]),
+                             "cwd": cwd, "rss_kib": rss}
     return found
 
 
-def wait_no_leftovers(root: str, seconds: float = 3.0) -> list[psutil.Process]:
+def leftovers(root: str) -> list[int]:
+    """Processes whose working folder is inside the sandbox's root (every call starts in its own folder there)."""
+    return [pid for pid, p in processes().items() if p["cwd"].startswith(root)]
+
+
+def wait_no_leftovers(root: str, seconds: float = 3.0) -> list[int]:
     end = time.monotonic() + seconds
     while (left := leftovers(root)) and time.monotonic() < end:
         time.sleep(0.05)
     return left
+
+
+def server_children(sb: PythonSandbox) -> list[int]:
+    """Processes (zombies included) under the fork servers: none once a call has returned."""
+    procs = processes()
+    below, frontier = set(), {w.proc.pid for w in sb.pool.workers}
+    while frontier:
+        frontier = {pid for pid, p in procs.items() if p["ppid"] in frontier} - below
+        below |= frontier
+    return sorted(below)
+
+
+def zombies(uid: int) -> set[int]:
+    """Zombie processes of the sandbox's uid anywhere (an orphan reparented to init that nobody reaps)."""
+    return {pid for pid, p in processes().items() if p["state"] == "Z" and p["uid"] == uid}
 
 
 def test_print_runs_in_a_fresh_process(sb):
@@ -75,11 +108,14 @@ def test_wall_time_limit_keeps_output_before_the_kill(sb):
 
 def test_fork_bomb_is_contained_and_leaves_no_process(sb):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    before = zombies(sb.isolation()["uid"])
     start = time.monotonic()
     call = run1(sb, bomb)
     assert time.monotonic() - start < TIMEOUT_S + 2.0
     assert call.timed_out  # the bomb keeps forking until the wall limit
-    assert wait_no_leftovers(sb.root) == []
+    assert wait_no_leftovers(sb.root) == [] and server_children(sb) == []
+    time.sleep(0.2)
+    assert zombies(sb.isolation()["uid"]) - before == set()  # not even a zombie
     assert run1(sb, "print(1)").output == "1\n"
 
 
@@ -89,7 +125,7 @@ def test_process_limit(sb):
     call = run1(sb, code)
     n, kind = call.output.split()
     assert kind == "BlockingIOError" and 0 < int(n) <= MAX_PROCS
-    assert wait_no_leftovers(sb.root) == []  # the sleeping children died with the call
+    assert wait_no_leftovers(sb.root) == [] and server_children(sb) == []  # the sleepers died with the call
 
 
 def test_background_process_is_killed_when_the_call_ends(sb):
@@ -115,8 +151,8 @@ def test_output_limit_100mb_print(sb):
     assert call.output.endswith("[output truncated: 100000001 bytes]") and len(call.output) < MAX_OUTPUT + 50
     assert elapsed < TIMEOUT_S
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 50_000  # KiB: far below 100 MB
-    servers = [psutil.Process(w.proc.pid) for w in sb.pool.workers]
-    assert all(p.memory_info().rss < 100 << 20 for p in servers)  # the server discarded it as it came
+    procs = processes()
+    assert all(procs[w.proc.pid]["rss_kib"] < 100_000 for w in sb.pool.workers)  # the server discarded it as it came
 
 
 def test_rlimits_are_set(sb):
@@ -213,7 +249,8 @@ def test_close_leaves_no_processes():
     pids = [w.proc.pid for w in box.pool.workers]
     box.close()
     box.close()  # idempotent
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    procs = processes()
+    assert not any(p in procs and procs[p]["state"] != "Z" for p in pids)
     assert not os.path.exists(box.root)
     assert box.run(["print(1)"])[0].error == "the sandbox is closed"
 
@@ -253,9 +290,10 @@ def test_without_namespaces_the_fallbacks_hold(monkeypatch):
     try:
         report = box.isolation()
         net = box.run(["import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"])[0]
-        bomb = box.run(["import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        time.sleep(60)\nprint('ok')"])
+        sleepers = "import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        time.sleep(60)\nprint('ok')"
+        bomb = box.run([sleepers])
         assert bomb[0].output.strip() == "ok"
-        assert wait_no_leftovers(box.root) == []  # the sleepers shared the call's process group
+        assert wait_no_leftovers(box.root) == [] and server_children(box) == []  # they shared its process group
     finally:
         box.close()
     assert report["netns"] is False and report["pidns"] is False and report["python_socket_block"] is True

@@ -241,3 +241,31 @@ def test_outputs_without_logprobs_are_nan():
     out = types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=[4, 2], logprobs=None)])
     ids, logp = vllm_outputs_to_tensors([out], 3, 0, greedy=False, device=torch.device("cpu"))
     assert ids.tolist() == [[4, 2, 0]] and torch.isnan(logp[0, :2]).all()
+
+
+def test_tool_rounds_through_the_engine_protocol(fake_vllm):
+    """With a toolbox the stand-in engine runs one round per turn between one wake and one sleep: token 5 ends a
+    call the first time (its output is appended as ids, masked, log-prob 0), the second time the limit is reached."""
+    from tool_doubles import FakeCall, FakeToolbox
+
+    class ThinkEnds(FakeToolbox):
+        def could_end(self, token_text):
+            return token_text == "</think>"
+
+        def call_end(self, text):
+            return text.endswith("</think>")
+
+        def run_many(self, calls):
+            return [FakeCall(name, args, "42") for name, args in calls]
+
+    tok = AutoTokenizer.from_pretrained(TINY)
+    backend = make_backend("vllm", tok, max_completion_length=12, model_name_or_path=str(TINY),
+                           toolbox=ThinkEnds(max_tool_calls=1))
+    llm = FakeLLM.instances[-1]
+    batch = backend.generate(AutoModelForCausalLM.from_pretrained(TINY), ["Q: 1+2=?\nA:"], 2)
+    assert llm.calls[1:] == ["wake:weights", "load", "reset", "wake:kv_cache", "generate", "generate", "sleep2"]
+    out = tok("\n42\n", add_special_tokens=False)["input_ids"]
+    assert batch.completion_ids.tolist() == [[5, *out, 5, EOS[0]]] * 2
+    assert batch.tool_mask.tolist() == [[0, *[1] * len(out), 0, 0]] * 2
+    assert batch.sampler_logprobs.tolist() == [[-0.25, *[0.0] * len(out), -0.25, -0.5]] * 2
+    assert llm.last_requests[0]["prompt_token_ids"][-len(out) - 1:] == [5, *out]  # resumed from its ids

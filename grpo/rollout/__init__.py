@@ -19,6 +19,7 @@ from grpo.rollout.base import (
     make_backend,
     register_backend,
     sample_next,
+    toolbox_for_run,
 )
 from grpo.rollout.compact import CompactSampler, finished_check_interval
 from grpo.rollout.hf import (
@@ -30,6 +31,7 @@ from grpo.rollout.hf import (
     pad_rows,
     recompile_limit,
 )
+from grpo.rollout.turns import SYNTAX_STOPS, ToolTurns, could_end_table, tool_rounds
 from grpo.rollout.vllm_engine import (
     VLLM_GENERATION_KWARGS,
     VLLM_NATIVE_KWARGS,
@@ -45,16 +47,19 @@ __all__ = [
     "CACHE_LEN_STEP",
     "COMMON_OPTIONS",
     "ROLLOUT_BACKENDS",
+    "SYNTAX_STOPS",
     "VLLM_GENERATION_KWARGS",
     "VLLM_NATIVE_KWARGS",
     "Backend",
     "CompactSampler",
     "HFGenerateBackend",
+    "ToolTurns",
     "VLLMBackend",
     "backend_for_run",
     "batch_bucket",
     "check_hf_generation_kwargs",
     "completion_mask_from_ids",
+    "could_end_table",
     "draw_from_weights",
     "finished_check_interval",
     "lora_merged_weight",
@@ -64,6 +69,8 @@ __all__ = [
     "recompile_limit",
     "register_backend",
     "sample_next",
+    "tool_rounds",
+    "toolbox_for_run",
     "vllm_launch_env",
     "vllm_outputs_to_tensors",
     "vllm_sampling_kwargs",

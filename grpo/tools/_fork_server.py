@@ -55,8 +55,16 @@ def _unshare(root: bool) -> dict:
     if os.environ.get("GRPO_ZERO_TOOL_NAMESPACES") == "0":  # test hook: the path of kernels that refuse them
         return {"netns": False, "pidns": False}
     user = 0 if root else CLONE_NEWUSER
+    uid, gid = os.getuid(), os.getgid()
     for flags in (user | CLONE_NEWNET | CLONE_NEWPID, user | CLONE_NEWNET, user | CLONE_NEWPID):
         if LIBC.unshare(flags) == 0:
+            if user:  # map our own ids, so the code sees (and the report says) the real uid, not 65534
+                for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+                    try:
+                        with open(f"/proc/self/{name}", "w") as f:
+                            f.write(text)
+                    except OSError:
+                        pass
             return {"netns": bool(flags & CLONE_NEWNET), "pidns": bool(flags & CLONE_NEWPID)}
     return {"netns": False, "pidns": False}
 
@@ -236,7 +244,10 @@ def _wait(pid: int, out_r: int, deadline: float, cap: int) -> tuple[bytearray, i
     """Collect the child's output until it exits or the deadline; returns (output, bytes in all, wait status or
     None on timeout)."""
     buf, total, status = bytearray(), 0, None
-    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    try:
+        pidfd = os.pidfd_open(pid)  # readable when the child exits: no polling (Linux 5.3+)
+    except (AttributeError, OSError):
+        pidfd = None  # then poll its status every 50 ms
     poller = select.poll()
     poller.register(out_r, select.POLLIN)
     if pidfd is not None:
@@ -298,6 +309,18 @@ def _remove(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _reap(group: int) -> None:
+    """Collect the exit status of the call's orphans (they become ours: this server is a child subreaper), so no
+    zombie is left behind: the killed group's members now, any stragglers of earlier calls too."""
+    for target, flags in ((-group, 0), (-1, os.WNOHANG)):
+        while True:
+            try:
+                if os.waitpid(target, flags)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+
+
 def run(req: dict, root_dir: str) -> dict:
     """One call: fork a child, collect its output, kill its process group, remove its folder."""
     start = time.monotonic()
@@ -320,6 +343,7 @@ def run(req: dict, root_dir: str) -> dict:
         pass
     if status is None:
         os.waitpid(pid, 0)
+    _reap(pid)
     total += _drain(out_r, buf, cap)
     raw = bytearray()
     _drain(status_r, raw, 1 << 16)
@@ -337,6 +361,7 @@ def run(req: dict, root_dir: str) -> dict:
 def main() -> None:
     """Preload, say ready, then serve one request per stdin line."""
     _die_with_parent()
+    LIBC.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: a call's orphans become ours to reap, not init's zombies
     if os.getppid() != int(os.environ.get("GRPO_ZERO_VERIFY_PARENT", os.getppid())):
         sys.exit(0)  # the trainer died before PR_SET_PDEATHSIG took effect
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes our stdin

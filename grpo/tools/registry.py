@@ -1,7 +1,9 @@
 """Finding tools by name: the built-ins (``python``, ``calculator``) and plug-ins by import path.
 
 A plug-in follows TRL's convention: a typed Python function with a Google-style docstring, given as
-``"package.module:function"`` or ``"package.module.function"``; the model calls it by the function's name. With the
+``"package.module:function"``, ``"package.module.function"`` or the name of an entry point in group
+``grpo_zero.tools`` (an installed package's ``[project.entry-points."grpo_zero.tools"]``); the model calls it by the
+entry point's or the function's name. With the
 ``chat`` syntax its JSON schema (for the chat template's ``tools=``) is built from the signature and docstring by
 ``transformers.utils.get_json_schema``, as TRL does, and it is called with the call's JSON arguments as keyword
 arguments; with the ``fenced`` syntax it is called with the block's text as its one argument.
@@ -14,12 +16,14 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 
 from grpo.errors import ConfigError
 from grpo.registry import make_registry
 from grpo.tools.calculator import calculate
 
 BUILTINS, register_tool, get_builtin = make_registry("tool")
+ENTRY_POINT_GROUP = "grpo_zero.tools"
 
 
 @register_tool("python")
@@ -74,7 +78,8 @@ def _import_function(spec: str, module_name: str, attr: str) -> Callable:
 
 
 def resolve(spec: str) -> Tool:
-    """The tool ``spec`` names: a built-in, ``"package.module:function"`` or ``"package.module.function"``.
+    """The tool ``spec`` names: a built-in, ``"package.module:function"``, an entry point in group
+    ``grpo_zero.tools``, or ``"package.module.function"``.
 
     Raises:
         ConfigError: unknown name or unimportable plug-in; one line naming it and the fix.
@@ -85,6 +90,15 @@ def resolve(spec: str) -> Tool:
     spec = spec.strip()
     if spec in BUILTINS:
         return Tool(spec, BUILTINS[spec], True, spec)
+    if ":" not in spec:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == spec:
+                try:
+                    fn = ep.load()
+                except Exception as e:  # noqa: BLE001 - a broken plug-in must not look like an unknown name
+                    raise ConfigError(f"tool {spec!r}: entry point {ep.value!r} failed to load "
+                                      f"({type(e).__name__}: {e})") from None
+                return Tool(spec, fn, False, spec)
     if ":" in spec or "." in spec:
         module_name, _, attr = spec.partition(":") if ":" in spec else spec.rpartition(".")
         fn = _import_function(spec, module_name, attr)

@@ -9,7 +9,7 @@ What is isolated (Linux; :meth:`PythonSandbox.isolation` reports what this machi
 - **Process**: every call is a new process in a new session; nothing of one call survives into the next. With a PID
   namespace the code runs as its init, so when it ends or is killed every process it started dies with it (a fork
   bomb leaves nothing); without one, the call's process group is killed, which misses processes that call
-  ``setsid`` themselves.
+  ``setsid`` themselves. The server is a child subreaper and reaps what a call leaves, so no zombie remains.
 - **Limits** (rlimits, per process): CPU time (wall limit + 1 s), address space (``memory_mb``), size of any file
   written, open files, core dumps off, and processes (RLIMIT_NPROC, which counts all processes of the user: the
   limit is the user's count at the call plus ``max_procs``; root is exempt from it, so as root the child first

@@ -18,7 +18,10 @@ from grpo.tools.calls import ToolCall
 from grpo.tools.registry import Tool, json_schema, resolve
 from grpo.tools.syntax import get_syntax
 
-MALFORMED = 'malformed tool call: write <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call> with valid JSON'
+MALFORMED = {  # what the model is told when a call cannot be read (name "")
+    "chat": 'malformed tool call: write <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call> with valid JSON',
+    "fenced": "malformed tool call: write a block that opens with ```<tool> on its own line and closes with ```",
+}
 
 
 class Toolbox:
@@ -41,7 +44,8 @@ class Toolbox:
         self.workers = workers
         self.sandbox = sandbox
         self.parser = get_syntax(syntax)(self.names, tokenizer)
-        self.executor: ThreadPoolExecutor | None = None
+        # In-process tools (calculator, plug-ins) run here; its threads start on first use.
+        self.executor: ThreadPoolExecutor | None = ThreadPoolExecutor(workers, thread_name_prefix="grpo-tool")
         atexit.register(self.close)
 
     def could_end(self, token_text: str) -> bool:
@@ -84,12 +88,12 @@ class Toolbox:
                     python.append((i, code))
                 else:
                     out[i] = ToolCall(name, args, error, error)
-        futures = {}
-        others = [i for i, c in enumerate(calls) if out[i] is None and i not in {j for j, _ in python}]
-        if others:
-            if self.executor is None:
-                self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="grpo-tool")
-            futures = {i: self.executor.submit(self._run_local, *calls[i]) for i in others}
+        in_sandbox = {i for i, _ in python}
+        others = [i for i in range(len(calls)) if out[i] is None and i not in in_sandbox]
+        futures = {i: self.executor.submit(self._run_local, *calls[i]) for i in others} if self.executor else {}
+        for i in others:
+            if i not in futures:  # closed: run here, still never raise
+                out[i] = self._run_local(*calls[i])
         if python:  # meanwhile, in this thread: the sandboxed calls
             for (i, _), call in zip(python, self.sandbox.run([code for _, code in python])):
                 call.arguments = calls[i][1]
@@ -115,7 +119,8 @@ class Toolbox:
         start = time.monotonic()
         tool = self.tools.get(name)
         if tool is None:
-            error = MALFORMED if name == "" else f"unknown tool {name!r}; available: {', '.join(self.names)}"
+            known = ", ".join(self.names)
+            error = MALFORMED[self.syntax] if name == "" else f"unknown tool {name!r}; available: {known}"
             return ToolCall(name, args, error, error)
         try:
             if self.syntax == "chat":
