@@ -126,14 +126,16 @@ def tool_document(rng: random.Random, direct: float, calls: float, drop_carry: f
     """One document of the ``--tools`` corpus: a calling drill, or prompt + a malformed (5%), tool, direct or steps
     solution (no careful style: the calculator is the one way to be right that RL has to find).
 
-    Drills (share ``drills``) are a question, its calculator call and the true output (``Q: 6+2+2+7=?\n```calculator
-    \n6+2+2+7\n```\n```output\n17\n```\n``) with no ``A:`` and no tags: they teach the call, while answers to
-    prompts use the calculator only ``calls`` of the time.
+    Drills (share ``drills``) are a question and the tool solution with no ``A:`` (``Q: 6+2+2+7=?\n<think>\n```
+    calculator\n6+2+2+7\n```\n```output\n17\n```\n</think><answer>17</answer>``): they teach the call and the
+    copy of its output into the answer, while answers to prompts use the calculator only ``calls`` of the time.
+    (Drills that stopped at the output block left the copy to the rare tool answers: the base then wrote its own
+    sum after the output as often as the output, and its tool answers were right 20% of the time, sampled.)
     """
     row = make_arithmetic_row(rng)
     nums = row["nums"]
     if rng.random() < drills:
-        return row["prompt"].removesuffix("A:") + calculator_call(nums) + tool_output(str(sum(nums)))
+        return row["prompt"].removesuffix("A:") + solution_tool(nums)
     u = rng.random()
     if u < 0.05:
         sol = solution_malformed(nums, rng)
