@@ -19,8 +19,19 @@ careful style (R1-Zero's longer responses and "aha moment" in miniature). At the
 style's share and accuracy in greedy and sampled (T = 1) completions of the task's eval problems
 (``pretrain_info.json``, key ``styles``).
 
+``--tools`` builds the second bundled base, ``models/tiny-tools-base`` (the tools demo, ``configs/tools-demo.yaml``):
+the same model with 32 tokens (also the backtick, and the fence, ``calculator`` and ``output`` as single tokens),
+pretrained on the same writer without the careful style. Answers are direct (35%), steps (55%), malformed (5%) or,
+rarely (``--calls``, 5%), the tool style: the sum handed to the calculator in a fenced block, the tool's true output
+block as the rollout writes it, and the output copied into the answer (:func:`grpo.tasks.arithmetic.solution_tool`).
+40% of the documents are calling drills (the tool solution after a question with no ``A:``). The report then
+runs the calls with ``grpo.tools`` (as the rollout does) and adds ``tool`` (completions with a call) and ``no_tool``
+to each mode: the base calls rarely and is right when it does, so an accuracy reward alone has a reason to call.
+
 Usage: ``python scripts/make_tiny_base.py [--out models/tiny-base] [--steps 1000]`` (about 5-7 minutes on
-one idle CPU core, plus half a minute for the report). Same seed, same torch version -> same weights.
+one idle CPU core, plus half a minute for the report), ``python scripts/make_tiny_base.py --tools --out
+models/tiny-tools-base`` (the same, plus a minute for the report). Same seed, same torch version -> same weights;
+without ``--tools`` the build is byte for byte what it was before the option existed.
 """
 
 from __future__ import annotations
@@ -53,7 +64,6 @@ from grpo.tasks.arithmetic import (
     FENCE,
     OUTPUT,
     WAIT,
-    calculator_call,
     careful_lines,
     make_arithmetic_row,
     solution_careful,
@@ -61,7 +71,6 @@ from grpo.tasks.arithmetic import (
     solution_malformed,
     solution_steps,
     solution_tool,
-    tool_output,
 )
 
 if TYPE_CHECKING:
@@ -126,11 +135,13 @@ def tool_document(rng: random.Random, direct: float, calls: float, drop_carry: f
     """One document of the ``--tools`` corpus: a calling drill, or prompt + a malformed (5%), tool, direct or steps
     solution (no careful style: the calculator is the one way to be right that RL has to find).
 
-    Drills (share ``drills``) are a question and the tool solution with no ``A:`` (``Q: 6+2+2+7=?\n<think>\n```
-    calculator\n6+2+2+7\n```\n```output\n17\n```\n</think><answer>17</answer>``): they teach the call and the
+    Drills (share ``drills``) are a question and the tool solution with no ``A:`` (``Q: 6+2+2+7=?\\n<think>\\n```
+    calculator\\n6+2+2+7\\n```\\n```output\\n17\\n```\\n</think><answer>17</answer>``): they teach the call and the
     copy of its output into the answer, while answers to prompts use the calculator only ``calls`` of the time.
-    (Drills that stopped at the output block left the copy to the rare tool answers: the base then wrote its own
-    sum after the output as often as the output, and its tool answers were right 20% of the time, sampled.)
+    Drills that stopped at the output block left the copy to the rare tool answers: the base then wrote its own sum
+    after the output about half the time, and its sampled tool answers were right 20% of the time. With a quarter of
+    the documents drills, the base copied long sums into its calls badly (10 of 16 exactly, greedy); with 40%, 16 of
+    16.
     """
     row = make_arithmetic_row(rng)
     nums = row["nums"]
@@ -267,7 +278,7 @@ def batches(tokenizer: PreTrainedTokenizerFast, rng: random.Random, batch: int, 
 
 
 # --tools changes these defaults: no careful style, and the drills are calling drills
-TOOL_DEFAULTS = {"careful": 0.0, "drills": 0.25, "calls": 0.05}
+TOOL_DEFAULTS = {"careful": 0.0, "drills": 0.4, "calls": 0.05}
 
 
 def parse_args() -> tuple[argparse.Namespace, dict]:

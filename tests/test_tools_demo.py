@@ -78,9 +78,9 @@ def _greedy(model, tok, prompts: list[str], max_new_tokens: int) -> list[str]:
 
 
 def test_tools_base_writes_a_call_and_copies_its_output():
-    """Greedy, an answer that starts a call (``<think>\n``) writes a well-formed calculator call, most of them with
-    the question's sum exactly (measured: 10 of these 16; RL sharpens the copy); after an output block the answer is
-    the output, even a false one: the base reads the tool, it does not redo the sum."""
+    """Greedy, an answer that starts a call (``<think>\n``) writes a well-formed calculator call with the question's
+    sum (measured: 16 of these 16); after an output block the answer is the output, even a false one: the base reads
+    the tool, it does not redo the sum."""
     tok = AutoTokenizer.from_pretrained(TOOLS_BASE)
     model = AutoModelForCausalLM.from_pretrained(TOOLS_BASE).eval()
     toolbox = build_toolbox(["calculator"], syntax="fenced")
@@ -88,7 +88,7 @@ def test_tools_base_writes_a_call_and_copies_its_output():
     texts = _greedy(model, tok, [r["prompt"] + "<think>\n" for r in rows], 24)
     calls = [toolbox.parse(t[:t.find("```", t.find("```") + 3) + 3]) for t in texts]  # up to the closing fence
     assert all(c is not None and c[0] == "calculator" for c in calls), texts
-    assert sum(c == ("calculator", r["question"]) for c, r in zip(calls, rows)) >= 8, texts
+    assert sum(c == ("calculator", r["question"]) for c, r in zip(calls, rows)) >= 14, texts
     for shift in (0, 7):  # the true output, and a false one
         prompts = [r["prompt"] + "<think>\n" + calculator_call(r["nums"]) + tool_output(str(int(r["answer"]) + shift))
                    for r in rows]
