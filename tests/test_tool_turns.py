@@ -285,20 +285,25 @@ class CharScriptLLM(ScriptedLLM):
     """Writes part k of ``script`` after the k-th tool output, then text past the call (which the rollout must
     drop), then EOS."""
 
-    def __init__(self, tok, script: list[str]):
+    def __init__(self, tok, script: list[str], marker: str = "```output", pause_at: str | None = None):
         super().__init__(tok)
-        self.script = script
+        self.script, self.marker, self.pause_at = script, marker, pause_at
 
     def generate(self, requests, sampling_params, use_tqdm=False):
         import types
 
+        self.params = sampling_params.kwargs
         outs = []
         for req in requests:
-            k = self.tok.decode(req["prompt_token_ids"]).count("```output")
+            k = self.tok.decode(req["prompt_token_ids"]).count(self.marker)
             text = self.script[k] + ("\nnot part of the call" if k < len(self.script) - 1 else "")
             new = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+            reason = None
+            if self.pause_at and self.pause_at in text:  # vLLM stops at a stop string, keeping it
+                new, reason = self.tok(text[: text.index(self.pause_at) + len(self.pause_at)],
+                                       add_special_tokens=False)["input_ids"], self.pause_at
             new = new[: sampling_params.kwargs["max_tokens"]]
-            out = types.SimpleNamespace(token_ids=new, stop_reason=None,
+            out = types.SimpleNamespace(token_ids=new, stop_reason=reason,
                                         logprobs=[{t: types.SimpleNamespace(logprob=-0.5)} for t in new])
             outs.append(types.SimpleNamespace(outputs=[out]))
         return outs
@@ -336,3 +341,31 @@ def test_hanging_and_crashing_python_calls_return_error_text_and_the_rollout_goe
         want = (script[0] + box.render(hang) + script[1] + box.render(crash) + script[2])
         assert batch.completions[r] == want and not batch.truncated[r]
         assert "not part of the call" not in batch.completions[r]
+
+
+def test_chat_syntax_calls_pause_at_the_closing_tag_and_run_the_calculator(monkeypatch):
+    """tool_syntax chat through the vllm rounds: vLLM stops at </tool_call>, the real calculator runs on the JSON
+    arguments, its tool-response turn is appended as ids, and the model answers after it."""
+    import sys
+    import types
+
+    from grpo.rollout import Backend, VLLMBackend
+    from grpo.tools import build_toolbox
+
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = type("SamplingParams", (), {"__init__": lambda self, **kw: setattr(self, "kwargs", kw)})
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    tok = char_tokenizer()
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "3*7+2"}}</tool_call>'
+    box = build_toolbox(["calculator"], syntax="chat", tokenizer=tok)
+    backend = VLLMBackend.__new__(VLLMBackend)
+    Backend.__init__(backend, tok, max_completion_length=300, toolbox=box)
+    llm = CharScriptLLM(tok, ["Let me add. " + call + " more", "So 23."], marker="<tool_response>",
+                        pause_at="</tool_call>")
+    backend.llm, backend.enable_sleep_mode, backend.weights_stale = llm, False, False
+    batch = backend.generate(torch.nn.Linear(1, 1), ["Q:"], 1)
+    backend.close()
+    (result,) = batch.tool_calls[0]
+    assert result.name == "calculator" and result.output == "23" and result.error is None
+    assert batch.completions[0] == "Let me add. " + call + box.render(result) + "So 23."
+    assert llm.params["stop"] == ["</tool_call>"] and not batch.truncated[0]

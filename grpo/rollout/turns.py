@@ -126,7 +126,7 @@ class ToolTurns:
         rows = live.tolist()
         forced = torch.zeros(len(rows), dtype=torch.bool)
         ids = token.cpu().clone()
-        for j, row in enumerate(rows):
+        for j, row in enumerate(rows if self.pending else ()):
             queue = self.pending.get(row)
             if queue:
                 ids[j] = queue.pop(0)
