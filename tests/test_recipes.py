@@ -36,7 +36,7 @@ from grpo.preflight import prepare
 from grpo.smoke import ARCHITECTURES, build_model, build_tokenizer, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ["qwen2.5-0.5b-gsm8k", "qwen2.5-math-1.5b-math", "qwen2.5-3b-countdown"]
+RECIPES = ["qwen2.5-0.5b-gsm8k", "qwen2.5-math-1.5b-math", "qwen2.5-3b-countdown", "qwen2.5-math-1.5b-tir"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -141,6 +141,7 @@ def test_two_data_parallel_ranks_on_cpu(tmp_path):
     ("qwen2.5-0.5b-gsm8k", "GSM8K 36.7 -> 49.5"),
     ("qwen2.5-math-1.5b-math", "MATH-500\n# 33.0 -> 74.2"),
     ("qwen2.5-3b-countdown", "Qwen2.5-3B base learns"),
+    ("qwen2.5-math-1.5b-tir", "MATH500 77.8"),
 ])
 def test_recipe_names_its_published_target_and_hardware(name, target):
     text = Path(recipe(name)).read_text()
@@ -153,6 +154,21 @@ def test_dr_grpo_recipe_has_dr_grpo_settings():
     cfg = yaml.safe_load(Path(recipe("qwen2.5-math-1.5b-math")).read_text())
     assert (cfg["loss_type"], cfg["scale_rewards"], cfg["beta"], cfg["num_generations"]) == ("dr_grpo", "none", 0.0, 8)
     assert cfg["max_completion_length"] == 3000 and cfg["task_kwargs"]["levels"] == [3, 4, 5]
+
+
+def test_tir_recipe_keeps_torl_settings(tmp_path):
+    """The ToRL recipe: the python tool in fenced blocks, one call, ToRL's prompt, a boxed accuracy reward alone;
+    preflight renders the prompt with the question in place and the smoke run keeps the tool keys."""
+    cfg = yaml.safe_load(Path(recipe("qwen2.5-math-1.5b-tir")).read_text())
+    assert (cfg["tools"], cfg["tool_syntax"], cfg["max_tool_calls"]) == (["python"], "fenced", 1)
+    assert (cfg["num_generations"], cfg["learning_rate"], cfg["beta"], cfg["max_completion_length"]) == (16, 1e-6, 0.0,
+                                                                                                         3072)
+    assert cfg["rewards"] == {"accuracy": {"weight": 1.0, "kwargs": {"answer_format": "boxed"}}}
+    smoke, task = prepare(["--config", recipe("qwen2.5-math-1.5b-tir"), "--smoke", "--output_dir", str(tmp_path)])
+    assert smoke.tools == ["python"] and smoke.tool_syntax == "fenced" and smoke.max_tool_calls == 1
+    prompt = task.eval_rows()[0]["prompt"]
+    assert prompt.startswith("A conversation between User and Assistant.") and prompt.endswith("$.\nAssistant:")
+    assert "integrate natural language reasoning with programs" in prompt and "\\boxed{}" in prompt
 
 
 @pytest.mark.parametrize("name", ["ddp", "zero2", "zero3", "fsdp"])

@@ -6,7 +6,9 @@ is expected to think inside ``<think></think>`` and answer inside ``<answer></an
 ``scripts/make_tiny_base.py`` pretrains the tiny model on completions written by :func:`solution_direct`,
 :func:`solution_steps` (a writer who drops carries, :func:`first_attempt`), :func:`solution_careful` (the same
 writer checking each line: ``check``, or ``wait`` and the fix; rare) and :func:`solution_malformed`, so this file
-is the single source of the task's text format.
+is the single source of the task's text format. The second bundled base (``models/tiny-tools-base``, built with
+``--tools``) also saw :func:`solution_tool`: the sum handed to the ``calculator`` tool in the fenced syntax
+(ToRL's, for base models) and the tool's output copied into the answer.
 """
 
 from __future__ import annotations
@@ -120,6 +122,34 @@ def solution_malformed(nums: list[int], rng: random.Random) -> str:
     if kind == 2:  # text after the answer
         return good + f" {sum(nums)}"
     return good.replace(ANSWER_CLOSE, "")  # unclosed answer
+
+
+# The fenced tool syntax for base models: a call is "```calculator\n<expression>\n```", and the rollout appends the
+# tool's output as "\n```output\n<result>\n```\n" (grpo.tools renders it so; tests/test_tools_demo.py checks
+# that the two agree), then the model continues. The bundled tools tokenizer has each of these words as one token.
+FENCE, CALCULATOR, OUTPUT = "```", "calculator", "output"
+
+
+def calculator_call(nums: list[int]) -> str:
+    """The call that hands the sum to the calculator: ``"```calculator\n6+2+2+7\n```"``."""
+    return f"{FENCE}{CALCULATOR}\n" + "+".join(str(n) for n in nums) + f"\n{FENCE}"
+
+
+def tool_output(result: str) -> str:
+    """What the rollout appends after a call: ``"\n```output\n17\n```\n"``."""
+    return f"\n{FENCE}{OUTPUT}\n{result}\n{FENCE}\n"
+
+
+def solution_tool(nums: list[int]) -> str:
+    """The sum handed to the calculator and its (true) output copied into the answer.
+
+    ``<think>\n```calculator\n6+2+2+7\n```\n```output\n17\n```\n</think><answer>17</answer>``: the text the
+    model writes up to the closing fence, the tool's output block (written by the rollout in training), then the
+    answer. Always right, because the output is the true sum.
+    """
+    total = str(sum(nums))
+    return (f"{THINK_OPEN}\n{calculator_call(nums)}{tool_output(total)}{THINK_CLOSE}"
+            f"{ANSWER_OPEN}{total}{ANSWER_CLOSE}")
 
 
 def make_arithmetic_row(rng: random.Random, min_terms: int = 2, max_terms: int = 8, max_digit: int = 9) -> dict:
