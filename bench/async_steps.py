@@ -125,10 +125,12 @@ def run_side(side: str, preset: str, model_path: str, threads: int, steps: int, 
 
 
 def main(args: object, p: dict, model_path: str) -> dict:
-    """Both passes (TRL, sync, sync-1-thread, async, then reversed), the medians, the ratios; printed and returned."""
+    """``args.passes`` passes (TRL, sync, sync-1-thread, async, then reversed, ...), the medians, the ratios;
+    printed and returned."""
     threads, sides = args.threads or 2, ["trl", "sync", "sync1", "async"]
     got: dict[str, list[dict]] = {s: [] for s in sides}
-    for side in sides + sides[::-1]:
+    order = (sides + sides[::-1]) * (args.passes // 2) + (sides if args.passes % 2 else [])
+    for side in order:
         t = 1 if side == "sync1" else threads
         got[side].append(run_side("sync" if side == "sync1" else side, args.preset, model_path, t, args.steps,
                                   args.warmup, args.lengths))

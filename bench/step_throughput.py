@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--async", dest="async_", action="store_true",
                     help="async rollouts vs sync vs TRL, each alone on the same cores (bench/async_steps.py)")
+    ap.add_argument("--passes", type=int, default=2, help="--async: passes over the sides (the second reversed)")
     args = ap.parse_args()
     p = {**PRESET_DEFAULTS, **PRESETS[args.preset]}
     cores = args.threads or os.cpu_count() or 2  # --async: the cores both processes share
