@@ -7,7 +7,8 @@ skip, stop and "another round?" decisions, the batch std for ``scale_rewards: ba
 Data flows down: the loop hands a :class:`grpo.batch.StepBatch` to the pieces, which never call back. The math
 is in :mod:`grpo.core`, scoring (log-probs, micro-batching) in :mod:`grpo.scoring`, the sampler/trainer
 correction in :mod:`grpo.correction`, batch collection and dynamic sampling in :mod:`grpo.collect`, metrics in
-:mod:`grpo.metrics`, the sinks in :mod:`grpo.logs`.
+:mod:`grpo.metrics`, the sinks in :mod:`grpo.logs`. With ``async_rollouts`` a worker process samples and scores the
+batches (:mod:`grpo.worker`) and ``collect`` takes them from it in a fixed order.
 
 Notation: B prompts per process, G = group size (``num_generations``), N = B x G sequences, P prompt tokens,
 T completion tokens.
