@@ -71,8 +71,8 @@ class AsyncRollouts:
         self.ready: dict[int, dict] = {}  # batch step -> payload, received and not yet taken
         self.arrived: dict[int, float] = {}  # batch step -> when it arrived (the worker then needs the next weights)
         self.expected: dict[int, dict[str, str]] = {}  # weights version -> the trainer's fingerprints
-        self.written: dict[int, tuple[float, int, float]] = {}  # version -> (written at, bytes, seconds)
-        self.loaded: dict[int, float] = {}  # version -> the worker's load seconds, once verified
+        self.written: dict[int, float] = {}  # version -> when it was written, until the worker has loaded it
+        self.newest_loaded = -1  # the worker loads versions in order, one per batch: the newest verified one
         self.started = False  # the worker has built its model and backend
         self.stream_state: dict | None = None  # the worker's data position after the last batch taken (or resumed)
         self.resumed: dict[int, dict] = {}  # batches a checkpoint held in flight, by step
@@ -151,7 +151,7 @@ class AsyncRollouts:
             return {"weight_sync/bytes": 0.0, "weight_sync/seconds": 0.0}
         old = version - len(self.slots)
         if old >= self.start_version and changed:
-            self._wait(lambda: old in self.loaded, f"the worker to load the weights after step {old}",
+            self._wait(lambda: self.newest_loaded >= old, f"the worker to load the weights after step {old}",
                        self.cfg.weight_sync_timeout_s)
         size, seconds = self._write(version, model, changed)
         self._send(("weights", version, not changed), f"the weights after step {version}")
@@ -187,7 +187,7 @@ class AsyncRollouts:
         else:
             size, seconds = 0, 0.0
             self.expected[version] = self.expected[version - 1]
-        self.written[version] = (time.monotonic(), size, seconds)
+        self.written[version] = time.monotonic()
         for v in [v for v in self.expected if v < version - len(self.slots) - 1]:
             self.expected.pop(v, None)
         return size, seconds
@@ -239,10 +239,8 @@ class AsyncRollouts:
                                 f"trainer's (fingerprint {got.get(bad)} != {self.expected[version].get(bad)}); it would "
                                 "sample from weights nobody trained. Rerun to resume from the last checkpoint")
         self.written.pop(version)
-        self.loaded[version] = load_s
+        self.newest_loaded = version
         self.last_load_s = load_s
-        for v in [v for v in self.loaded if v < version - len(self.slots)]:
-            del self.loaded[v]
 
     def _first_user(self, version: int) -> int:
         """The first batch sampled from weights ``version``."""
@@ -251,7 +249,7 @@ class AsyncRollouts:
     def _check_sync_deadlines(self, now: float) -> None:
         """A version the worker needs (it has sent the batch before the first one that version samples, or that
         batch is the session's first) must be loaded within ``weight_sync_timeout_s``."""
-        for version, (written_at, _, _) in self.written.items():
+        for version, written_at in self.written.items():
             before = self._first_user(version) - 1
             needed_at = written_at if before < self.first_batch else max(written_at, self.arrived.get(before, now))
             if now - needed_at > self.cfg.weight_sync_timeout_s:
